@@ -1,0 +1,94 @@
+"""Image/label-map folders matched by file stem: CamVid (SegNet's 11 classes) and a generic folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .base import make_transform
+from .files import FileSegmentationDataset, build_lut, pair_files, resolve_root, scan
+
+CAMVID_CLASSES: tuple[str, ...] = (
+    "sky", "building", "pole", "road", "pavement", "tree",
+    "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
+)  # fmt: skip
+CAMVID_UNLABELLED = 11
+CAMVID_ENV = "TCE_CAMVID_ROOT"
+# ../shared/data/camvid next to the repository checkout (used when present and no root/env is given)
+_CAMVID_SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
+
+
+def _dir(root: Path, d: str | os.PathLike, split: str) -> Path:
+    path = Path(str(d).format(split=split))
+    return path if path.is_absolute() else root / path
+
+
+def build_folder(
+    split: str,
+    root: str | os.PathLike | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    image_dir: str = "images/{split}",
+    label_dir: str = "labels/{split}",
+    remap: Mapping[int, int] | Sequence[int] | None = None,
+    name: str = "folder",
+    crop_size: int | tuple[int, int] | None = None,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    augment: bool | None = None,
+) -> FileSegmentationDataset:
+    """Images in ``root/image_dir`` and label maps in ``root/label_dir`` paired by file stem.
+
+    ``image_dir``/``label_dir`` may contain ``{split}``; label values 0..K-1 are classes, 255
+    is ignore; ``remap`` (a dict or a 256-entry list) maps other raw values.
+    """
+    if root is None:
+        raise FileNotFoundError(f"{name}: pass root=... (the folder holding {image_dir!r} and {label_dir!r})")
+    if not class_names:
+        raise ValueError(f"{name}: pass class_names=[...] (one name per label value 0..K-1)")
+    root_path = resolve_root(root, name, "TCE_FOLDER_ROOT", f"{image_dir}/ and {label_dir}/")
+    img_dir, lbl_dir = _dir(root_path, image_dir, split), _dir(root_path, label_dir, split)
+    for d, what in ((img_dir, "image"), (lbl_dir, "label")):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{name}/{split}: {what} directory {str(d)!r} does not exist")
+    pairs = pair_files(scan(img_dir), scan(lbl_dir), img_dir, lbl_dir)
+    lut = build_lut(len(class_names), remap)
+    transform = make_transform(split, augment, crop_size, scale_range)
+    return FileSegmentationDataset(name, split, root_path, pairs, class_names, lut, transform)
+
+
+def camvid_root(root: str | os.PathLike | None = None) -> Path | None:
+    """``root``, else ``$TCE_CAMVID_ROOT``, else ../shared/data/camvid when it exists (None otherwise)."""
+    if root is not None:
+        return Path(root)
+    if os.environ.get(CAMVID_ENV):
+        return Path(os.environ[CAMVID_ENV])
+    return _CAMVID_SHARED if _CAMVID_SHARED.is_dir() else None
+
+
+def build_camvid(
+    split: str,
+    root: str | os.PathLike | None = None,
+    *,
+    crop_size: int | tuple[int, int] | None = None,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    augment: bool | None = None,
+) -> FileSegmentationDataset:
+    """CamVid, SegNet layout: ``<split>/`` images and ``<split>annot/`` label maps; 11 -> ignore."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"camvid split must be 'train', 'val' or 'test', got {split!r}")
+    root_path = resolve_root(
+        camvid_root(root), "camvid", CAMVID_ENV, "train/, trainannot/, val/, valannot/ (SegNet layout)"
+    )
+    return build_folder(
+        split,
+        root_path,
+        class_names=CAMVID_CLASSES,
+        image_dir=split,
+        label_dir=f"{split}annot",
+        remap={CAMVID_UNLABELLED: 255},
+        name="camvid",
+        crop_size=crop_size,
+        scale_range=scale_range,
+        augment=augment,
+    )
