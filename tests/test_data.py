@@ -104,6 +104,23 @@ def test_folder_remap_dict_and_list(tmp_path):
     assert ds.fingerprint() != ds2.fingerprint()
 
 
+def test_downscale_shrinks_image_smoothly_and_labels_by_nearest(tmp_path):
+    labels = make_folder(tmp_path, n=1, values=(0, 1, 2, 255))
+    full = build_dataset("folder", "train", tmp_path, class_names=["a", "b", "c"], augment=False)
+    half = build_dataset("folder", "train", tmp_path, class_names=["a", "b", "c"], augment=False, downscale=2)
+    mask = half.load_mask(0)
+    assert mask.shape == (6, 8) and half.load_image(0).shape == (6, 8, 3)
+    # NEAREST: every output label is the label of one input pixel of its 2x2 block
+    blocks = labels["img0"].reshape(6, 2, 8, 2).transpose(0, 2, 1, 3).reshape(6, 8, 4)
+    assert all(mask[r, c] in blocks[r, c] for r in range(6) for c in range(8))
+    # the image is a smooth reduction: close to the 2x2 block means (PIL's antialiased bilinear)
+    raw = full.load_image(0).astype(np.float64).reshape(6, 2, 8, 2, 3).mean(axis=(1, 3))
+    assert np.abs(half.load_image(0) - raw).mean() < 40
+    assert half.fingerprint() != full.fingerprint()
+    with pytest.raises(ValueError, match="downscale must be an int >= 1"):
+        build_dataset("folder", "train", tmp_path, class_names=["a", "b", "c"], downscale=0)
+
+
 def test_build_lut_rules():
     lut = build_lut(3)
     assert lut[:3].tolist() == [0, 1, 2] and lut[255] == 255 and (lut[3:255] == -1).all()

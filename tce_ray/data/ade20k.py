@@ -48,6 +48,7 @@ def build_ade20k(
     crop_size: int | tuple[int, int] | None = None,
     scale_range: tuple[float, float] = (0.5, 2.0),
     augment: bool | None = None,
+    downscale: int = 1,
 ) -> FileSegmentationDataset:
     """ADE20K ``split`` ("train"/"val") under ``root`` (the ADEChallengeData2016 folder or its parent)."""
     if split not in _SPLIT_DIRS:
@@ -62,4 +63,4 @@ def build_ade20k(
             raise FileNotFoundError(f"ade20k: {str(d)!r} does not exist (expected {_LAYOUT})")
     pairs = pair_files(scan(img_dir), scan(lbl_dir, extensions=(".png",)), img_dir, lbl_dir)
     transform = make_transform(split, augment, crop_size, scale_range)
-    return FileSegmentationDataset("ade20k", split, root_path, pairs, ADE20K_CLASSES, ade20k_lut(), transform)
+    return FileSegmentationDataset("ade20k", split, root_path, pairs, ADE20K_CLASSES, ade20k_lut(), transform, downscale)

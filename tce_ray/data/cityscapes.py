@@ -35,6 +35,7 @@ def build_cityscapes(
     crop_size: int | tuple[int, int] | None = None,
     scale_range: tuple[float, float] = (0.5, 2.0),
     augment: bool | None = None,
+    downscale: int = 1,
 ) -> FileSegmentationDataset:
     """Cityscapes gtFine ``split`` ("train", "val", "test") under ``root`` or ``$CITYSCAPES_DATASET``."""
     if split not in ("train", "val", "test"):
@@ -53,4 +54,4 @@ def build_cityscapes(
     labels = scan(lbl_dir, "_gtFine_labelIds", extensions=(".png",))
     pairs = pair_files(images, labels, img_dir, lbl_dir)
     transform = make_transform(split, augment, crop_size, scale_range)
-    return FileSegmentationDataset("cityscapes", split, root_path, pairs, CITYSCAPES_CLASSES, cityscapes_lut(), transform)
+    return FileSegmentationDataset("cityscapes", split, root_path, pairs, CITYSCAPES_CLASSES, cityscapes_lut(), transform, downscale)

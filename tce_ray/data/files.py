@@ -148,8 +148,12 @@ class FileSegmentationDataset(SegmentationDataset):
         class_names: Sequence[str],
         lut: np.ndarray,
         transform: SegmentationTransform,
+        downscale: int = 1,
     ) -> None:
         super().__init__(name, split, tuple(class_names), transform)
+        if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
+            raise ValueError(f"downscale must be an int >= 1 (1 keeps the full resolution), got {downscale!r}")
+        self.downscale = downscale
         if len(pairs) == 0:
             raise FileNotFoundError(f"{name}/{split}: no image/label pairs under {str(root)!r}")
         self.root = Path(root)
@@ -164,16 +168,25 @@ class FileSegmentationDataset(SegmentationDataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def _reduced_size(self, im: Image.Image) -> tuple[int, int]:
+        w, h = im.size
+        return max(1, w // self.downscale), max(1, h // self.downscale)
+
     def load_image(self, i: int) -> np.ndarray:
         with Image.open(self.images[i]) as im:
-            return np.array(im.convert("RGB"))
+            rgb = im.convert("RGB")
+            if self.downscale > 1:  # antialiased (PIL widens the bilinear kernel when shrinking)
+                rgb = rgb.resize(self._reduced_size(rgb), Image.BILINEAR)
+            return np.array(rgb)
 
     def load_mask(self, i: int) -> np.ndarray:
         path = self.labels[i]
         with Image.open(path) as im:
             if im.mode not in LABEL_MODES:
                 raise ValueError(f"label map {str(path)!r} has PIL mode {im.mode!r}, expected L or P")
-            raw = np.asarray(im)  # exact values (P: palette indices), never resampled
+            if self.downscale > 1:  # NEAREST keeps exact label values
+                im = im.resize(self._reduced_size(im), Image.NEAREST)
+            raw = np.asarray(im)  # exact values (P: palette indices), never interpolated
         mapped = self.lut[raw]
         bad = mapped < 0
         if bad.any():
@@ -200,6 +213,7 @@ class FileSegmentationDataset(SegmentationDataset):
             "split": self.split,
             "classes": list(self.class_names),
             "lut": self.lut.tolist(),
+            "downscale": self.downscale,
             "files": sorted(files),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

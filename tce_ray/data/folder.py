@@ -36,6 +36,7 @@ def build_folder(
     crop_size: int | tuple[int, int] | None = None,
     scale_range: tuple[float, float] = (0.5, 2.0),
     augment: bool | None = None,
+    downscale: int = 1,
 ) -> FileSegmentationDataset:
     """Images in ``root/image_dir`` and label maps in ``root/label_dir`` paired by file stem.
 
@@ -54,7 +55,7 @@ def build_folder(
     pairs = pair_files(scan(img_dir), scan(lbl_dir), img_dir, lbl_dir)
     lut = build_lut(len(class_names), remap)
     transform = make_transform(split, augment, crop_size, scale_range)
-    return FileSegmentationDataset(name, split, root_path, pairs, class_names, lut, transform)
+    return FileSegmentationDataset(name, split, root_path, pairs, class_names, lut, transform, downscale)
 
 
 def camvid_root(root: str | os.PathLike | None = None) -> Path | None:
@@ -73,6 +74,7 @@ def build_camvid(
     crop_size: int | tuple[int, int] | None = None,
     scale_range: tuple[float, float] = (0.5, 2.0),
     augment: bool | None = None,
+    downscale: int = 1,
 ) -> FileSegmentationDataset:
     """CamVid, SegNet layout: ``<split>/`` images and ``<split>annot/`` label maps; 11 -> ignore."""
     if split not in ("train", "val", "test"):
@@ -91,4 +93,5 @@ def build_camvid(
         crop_size=crop_size,
         scale_range=scale_range,
         augment=augment,
+        downscale=downscale,
     )
