@@ -97,8 +97,11 @@ class TrainSpec(_Strict):
     seed: int = 0
     max_failures: int = Field(1, ge=0)
     """Worker-group restarts from the last checkpoint before the run fails."""
-    weight_sync_every: int = Field(1, ge=1)
-    """Stochastic TCE: steps between a worker's refreshes of the shared weights."""
+    weight_sync_every: int = Field(4, ge=1)
+    """Stochastic TCE: steps between a worker's exchanges with the weight actor (reports sent,
+    weights refreshed). 4 keeps the step overhead within 3% of MCCE on a 2-core CPU
+    (``benchmarks/bench_step_overhead.py``); the lag this adds is documented in
+    ``tce_ray.weights_actor``."""
 
 
 class RunSpec(_Strict):

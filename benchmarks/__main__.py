@@ -1,0 +1,54 @@
+"""Run every benchmark of the project: ``python -m benchmarks [--quick] [--only NAME ...]``.
+
+Each benchmark runs in its own process (each starts and stops its own Ray where it needs
+one), prints its table and writes ``benchmarks/out/<name>.json``. A summary of exit
+codes and wall times follows; ``benchmarks/RESULTS.md`` collects the figures with their
+targets. ``--quick`` passes ``--quick`` to every benchmark (a smoke run: the figures are
+not the ones to quote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (module, what it measures and its target)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "confusion": ("benchmarks.bench_confusion", "confusion matrix, 19 classes, 2x1024x2048: >= 1.5x the masked bincount"),
+    "loader": ("benchmarks.bench_loader", "loader images/s with 2 processes: >= 3x the training step rate"),
+    "actor": ("benchmarks.bench_actor", "class-weight actor, 8 reporters: >= 10,000 reports/s batched"),
+    "step_overhead": ("benchmarks.bench_step_overhead", "stochastic-TCE step / MCCE step, 2 workers: <= 1.03"),
+    "train_throughput": ("benchmarks.bench_train_throughput", "images/s of a real Ray Train run (CPU; --gpu on a GPU)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke-run every benchmark (small sizes, few repeats)")
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these benchmarks")
+    args = parser.parse_args(argv)
+
+    summary = []
+    for name in args.only or list(BENCHMARKS):
+        module, target = BENCHMARKS[name]
+        print(f"\n=== {name}: {target}", flush=True)
+        cmd = [sys.executable, "-m", module] + (["--quick"] if args.quick else [])
+        t0 = time.perf_counter()
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        summary.append((name, rc, time.perf_counter() - t0))
+
+    print("\n=== summary")
+    print(f"{'benchmark':<18} {'exit':>4} {'wall s':>8}  output")
+    for name, rc, wall in summary:
+        print(f"{name:<18} {rc:>4} {wall:>8.1f}  benchmarks/out/{name}*.json")
+    return 0 if all(rc == 0 for _, rc, _ in summary) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

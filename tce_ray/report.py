@@ -1,0 +1,542 @@
+"""A study's report: ``report.md`` with the paper's tables, and plots, from the Parquet files.
+
+``python -m tce_ray.report results/<study>`` rebuilds ``report.md`` and ``plots/`` from
+``trials.parquet``, ``history.parquet``, ``pareto.parquet`` and ``study.json`` alone (no Ray).
+
+The MCCE reference is the mean per-class IoU of the MCCE group (``results.reference_group``:
+the MCCE loss settings with the most completed trials; with one MCCE trial, that trial).
+
+When a group (trials with the same loss settings, the seed aside: ``results.group_key``)
+has two or more completed trials (``search.seeds``), the report opens with the groups:
+their objectives, their per-class IoU and the paper's Table 3 criteria as mean ± std
+(sample std, ddof = 1) over the completed seeds. Each trial's criteria are computed on its
+own IoU with the MCCE group's mean IoU as the reference of the sorted bottom/top 25%, then
+averaged. ``groups.parquet`` (one row per group, ``results.group_table``) is written next
+to the report, and ``plots/pareto_groups.png`` shows the group means with ± std bars.
+
+Then the per-trial tables: the trials (status, objectives, mIoU, Pareto rank), the Pareto
+front, the per-class IoU of every trial in percent (columns sorted by the MCCE reference's
+IoU, lowest first, when an MCCE trial completed) and the Table 3 criteria
+(``tce_ray.metrics.fairness_report`` with that reference), failed trials with their errors.
+Plots (matplotlib, Agg): ``plots/pareto.png``, ``plots/per_class_iou.png``,
+``plots/weights.png`` (class-weight trajectories of the stochastic-TCE trials).
+Numbers print rounded half up (as the paper: 64.595 -> 64.60).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .results import CRITERIA, StudyTables, group_table, local_output_dir, read_tables, reference_group
+
+__all__ = [
+    "build_report", "render_markdown", "reference_trial", "reference_iou", "class_columns", "fmt", "fmt_pm",
+    "has_seed_groups", "main",
+]
+
+
+def fmt(x: Any, digits: int = 2) -> str:
+    """Round half up to ``digits`` decimals (of the value rounded to 9 decimals, so float
+    noise does not decide); NaN/None -> '–'."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if not math.isfinite(v):
+        return "–"
+    q = Decimal(1).scaleb(-digits)
+    # 9 decimals first: float noise (67.63499999999 from a %/fraction round trip) must not
+    # turn a half into a down-rounding
+    return str(Decimal(f"{v:.9f}").quantize(q, rounding=ROUND_HALF_UP))
+
+
+def fmt_pm(mean: Any, std: Any, digits: int = 2) -> str:
+    """``mean ± std``, each rounded half up (:func:`fmt`); a NaN std (one value) prints '–'."""
+    return f"{fmt(mean, digits)} ± {fmt(std, digits)}"
+
+
+def class_columns(trials: pd.DataFrame) -> list[str]:
+    """The ``iou/<class>`` columns in the order the trainer reported them."""
+    return [c for c in trials.columns if c.startswith("iou/")]
+
+
+def reference_trial(trials: pd.DataFrame) -> pd.Series | None:
+    """The MCCE reference: the first completed MCCE trial (explicit configurations come
+    first in ``trials``), or None."""
+    if "config/loss/name" not in trials or not len(trials):
+        return None
+    mcce = trials[(trials["config/loss/name"] == "mcce") & (trials["status"] == "completed")]
+    return None if mcce.empty else mcce.iloc[0]
+
+
+def reference_iou(trials: pd.DataFrame) -> tuple[np.ndarray | None, str]:
+    """The MCCE reference's per-class IoU in percent (the mean over the completed trials of
+    the reference group, NaN for a class absent from all of them) and a description of it;
+    (None, "") without a completed MCCE trial."""
+    key = reference_group(trials)
+    cols = class_columns(trials)
+    if key is None or not cols:
+        return None, ""
+    from .results import group_key, group_label, mean_std
+
+    keys = [group_key(r) for r in trials.to_dict("records")]
+    g = trials[[k == key for k in keys]]
+    done = g[g["status"] == "completed"]
+    vec = np.array([mean_std(done[c].to_numpy(dtype=np.float64))[0] for c in cols]) * 100.0
+    if np.all(np.isnan(vec)):
+        return None, ""
+    label = group_label(g)[0]
+    if len(done) == 1:
+        desc = f"trial `{done.iloc[0]['trial_id']}` ({label})"
+    else:
+        desc = f"the mean of the {len(done)} completed trials of group `{label}`"
+    return vec, desc
+
+
+def has_seed_groups(groups: pd.DataFrame) -> bool:
+    """Whether some group has two or more completed trials (the grouped tables apply)."""
+    return bool(len(groups)) and "n" in groups and bool((groups["n"] >= 2).any())
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def esc(x: Any) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _with_iou(trials: pd.DataFrame) -> pd.DataFrame:
+    cols = class_columns(trials)
+    if not cols:
+        return trials.iloc[0:0]
+    has = trials[cols].notna().any(axis=1) & trials["status"].isin(["completed", "stopped", "interrupted"])
+    return trials[has]
+
+
+def render_markdown(tables: StudyTables, plots: Sequence[str] = (), groups: pd.DataFrame | None = None) -> str:
+    """The report's Markdown text (``groups``: :func:`~tce_ray.results.group_table` of the
+    trials, computed when not given)."""
+    from .metrics import fairness_report
+
+    trials, meta = tables.trials, tables.meta
+    objectives = tables.objectives or {}
+    if groups is None:
+        groups = group_table(trials, objectives) if len(trials) else pd.DataFrame()
+    name = meta.get("name", "study")
+    out: list[str] = [f"# Study `{name}`", ""]
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    out.append(
+        f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "."
+        if counts else "No trials."
+    )
+    if objectives:
+        out.append(
+            "Objectives: " + ", ".join(f"`{n}` ({'higher' if m == 'max' else 'lower'} is better)" for n, m in objectives.items()) + "."
+        )
+    if meta.get("sampler"):
+        out.append(f"Sampler: {meta['sampler']}; scheduler: {meta.get('scheduler') or 'none'}.")
+    if meta.get("scheduler"):
+        out.append(
+            "Note: trials stopped early by the scheduler are told to Optuna as complete with "
+            "their partial values; they are left out of the Pareto front below."
+        )
+    out.append("")
+
+    cols = class_columns(trials)
+    names = [c[len("iou/"):] for c in cols]
+    ref_vec, ref_desc = reference_iou(trials)
+    order = list(range(len(cols)))
+    if ref_vec is not None:
+        order = [i for _, i in sorted((np.inf if math.isnan(ref_vec[i]) else ref_vec[i], i) for i in order)]
+
+    if has_seed_groups(groups):
+        out += _render_groups(groups, objectives, cols, names, order, ref_vec, ref_desc)
+
+    # --- trials
+    out += ["## Trials", ""]
+    header = ["#", "trial", "settings", "status"] + list(objectives) + ["mIoU", "Pareto rank"]
+    rows = []
+    for i, r in enumerate(trials.to_dict("records")):
+        rows.append(
+            [i, r["trial_id"], r.get("label", ""), r["status"]]
+            + [fmt(r.get(n), 4) for n in objectives]
+            + [fmt(r.get("miou"), 4), r.get("pareto_rank", -1) if r.get("pareto_rank", -1) >= 0 else "–"]
+        )
+    out += [_md_table(header, rows), ""]
+
+    # --- Pareto front
+    out += ["## Pareto front", ""]
+    front = tables.pareto
+    if len(front):
+        out.append("Non-dominated completed trials (each objective in its own direction):")
+        out.append("")
+        out.append(
+            _md_table(
+                ["trial", "settings"] + list(objectives),
+                [[r["trial_id"], r.get("label", "")] + [fmt(r.get(n), 4) for n in objectives] for r in front.to_dict("records")],
+            )
+        )
+    else:
+        out.append("No completed trial with finite objectives.")
+    out.append("")
+
+    # --- per-class IoU and Table 3
+    with_iou = _with_iou(trials)
+    if cols and len(with_iou):
+        out += ["## Per-class IoU (%)", ""]
+        if ref_vec is not None:
+            out += [f"Columns sorted by the MCCE reference's IoU ({ref_desc}), lowest first.", ""]
+        else:
+            out += ["No completed MCCE trial: columns in class order.", ""]
+        rows = []
+        for r in with_iou.to_dict("records"):
+            rows.append([r.get("label", r["trial_id"])] + [fmt(100.0 * r[cols[i]]) for i in order])
+        out += [_md_table(["trial"] + [names[i] for i in order], rows), ""]
+
+        out += ["## Fairness criteria (the paper's Table 3)", ""]
+        if ref_vec is None:
+            out += ["No completed MCCE trial, so the sorted bottom/top 25% criteria (which need a reference) are left out.", ""]
+        else:
+            out += [f"Sorted bottom/top 25%: classes ordered by the MCCE reference's IoU ({ref_desc}).", ""]
+        header = ["trial", "mIoU"]
+        if ref_vec is not None:
+            header += ["sorted bottom 25%", "sorted top 25%"]
+        header += ["p25 (mean ≤)", "p75 (mean ≥)", "worst", "std"]
+        rows = []
+        absent_notes = []
+        for r in with_iou.to_dict("records"):
+            u = np.array([r[c] for c in cols], dtype=np.float64) * 100.0
+            if np.all(np.isnan(u)):
+                continue
+            rep = fairness_report(u, reference=ref_vec, class_names=names)
+            row = [r.get("label", r["trial_id"]), fmt(rep["miou"])]
+            if ref_vec is not None:
+                row += [fmt(rep["sorted_bottom25"]), fmt(rep["sorted_top25"])]
+            row += [
+                f"{fmt(rep['p25'])} ({fmt(rep['p25_mean'])})",
+                f"{fmt(rep['p75'])} ({fmt(rep['p75_mean'])})",
+                f"{fmt(rep['worst'])} ({rep['worst_class']})",
+                fmt(rep["std"]),
+            ]
+            rows.append(row)
+            if rep["absent"]:
+                absent_notes.append(f"- {r.get('label', r['trial_id'])}: {', '.join(map(str, rep['absent']))}")
+        out += [_md_table(header, rows), ""]
+        out.append("std is the sample standard deviation (ddof = 1); absent classes (union 0) are excluded everywhere.")
+        if absent_notes:
+            out += ["", "Classes absent from the evaluation (excluded):", *absent_notes]
+        out.append("")
+
+    # --- failures
+    failed = trials[trials["status"] == "failed"] if len(trials) else trials
+    if len(failed):
+        out += ["## Failed trials", ""]
+        out += [_md_table(["trial", "settings", "error"], [[r["trial_id"], r.get("label", ""), r["error"]] for r in failed.to_dict("records")]), ""]
+
+    if plots:
+        out += ["## Plots", ""]
+        for p in plots:
+            out.append(f"![{Path(p).stem}]({p})")
+        out.append("")
+    return "\n".join(out)
+
+
+def _render_groups(
+    groups: pd.DataFrame,
+    objectives: dict[str, str],
+    cols: list[str],
+    names: list[str],
+    order: list[int],
+    ref_vec: np.ndarray | None,
+    ref_desc: str,
+) -> list[str]:
+    """The grouped sections: objectives, per-class IoU and Table 3 as mean ± std over seeds."""
+    g = groups[groups["n"] > 0]
+    out = [
+        "## Configurations over seeds (mean ± std)",
+        "",
+        "A group is the trials with the same loss settings, the seed aside (the seeds of one "
+        "explicit configuration; a sampled trial is a group of its own). Values are the mean ± "
+        "sample std (ddof = 1) over the group's completed trials (n); '–': fewer than two. "
+        "Group Pareto rank: non-dominated sorting of the groups' mean objectives. "
+        "The per-trial tables follow further down.",
+        "",
+    ]
+    header = ["group", "n", "seeds"] + list(objectives) + ["mIoU", "group Pareto rank"]
+    rows = []
+    for r in g.to_dict("records"):
+        rank = r.get("pareto_rank", -1)
+        rows.append(
+            [r["label"], r["n"], ", ".join(str(x) for x in json.loads(r["seeds"]))]
+            + [fmt_pm(r.get(f"{n}/mean"), r.get(f"{n}/std"), 4) for n in objectives]
+            + [fmt_pm(r.get("miou/mean"), r.get("miou/std"), 4), rank if rank >= 0 else "–"]
+        )
+    out += [_md_table(header, rows), ""]
+
+    if cols:
+        out += ["## Per-class IoU (%), mean ± std over seeds", ""]
+        if ref_vec is not None:
+            out += [f"Columns sorted by the MCCE reference's mean IoU ({ref_desc}), lowest first.", ""]
+        else:
+            out += ["No completed MCCE trial: columns in class order.", ""]
+        rows = [
+            [r["label"]] + [fmt_pm(100.0 * r[f"{cols[i]}/mean"], 100.0 * r[f"{cols[i]}/std"]) for i in order]
+            for r in g.to_dict("records")
+        ]
+        out += [_md_table(["group"] + [names[i] for i in order], rows), ""]
+
+        out += ["## Fairness criteria (the paper's Table 3), mean ± std over seeds", ""]
+        crit = [(k, title) for k, title in CRITERIA if ref_vec is not None or not k.startswith("sorted_")]
+        if ref_vec is not None:
+            out += [
+                "Each seed's criteria are computed on its own per-class IoU; for the sorted bottom/top 25% "
+                f"the classes are ordered by the MCCE group's MEAN per-class IoU ({ref_desc}), the same "
+                "reference for every trial (the MCCE seeds included). Then mean ± std over the seeds. "
+                "p25/p75: percentiles of the trial's own IoU; mean ≤ p25 / mean ≥ p75: the mean over the "
+                "classes at or below / above them. std (last column) is each trial's spread of the "
+                "per-class IoU (ddof = 1).",
+                "",
+            ]
+        else:
+            out += ["No completed MCCE trial, so the sorted bottom/top 25% criteria (which need a reference) are left out.", ""]
+        rows = [
+            [r["label"], r["n"]] + [fmt_pm(r[f"table3/{k}/mean"], r[f"table3/{k}/std"]) for k, _ in crit]
+            for r in g.to_dict("records")
+        ]
+        out += [_md_table(["group", "n"] + [title for _, title in crit], rows), ""]
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(tables: StudyTables, path: Path) -> bool:
+    """Scatter of the first two objectives (all trials grey, the front highlighted); one
+    objective: a bar per trial. Returns False when nothing can be drawn."""
+    objectives = list(tables.objectives)
+    t = tables.trials
+    if not objectives or not len(t) or any(o not in t for o in objectives):
+        return False
+    done = t[t["status"] == "completed"]
+    if done.empty:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if len(objectives) == 1:
+        o = objectives[0]
+        ax.bar(range(len(done)), done[o])
+        ax.set_xticks(range(len(done)), done["label"], rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel(o)
+    else:
+        x, y = objectives[0], objectives[1]
+        ax.scatter(done[x], done[y], c="0.6", label="trials")
+        front = done[done["pareto_rank"] == 0].sort_values(x)
+        ax.plot(front[x], front[y], "o-", c="C3", label="Pareto front")
+        for r in done.to_dict("records"):
+            ax.annotate(r["label"], (r[x], r[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        modes = tables.objectives
+        ax.set_xlabel(f"{x} ({'↑' if modes[x] == 'max' else '↓'})")
+        ax.set_ylabel(f"{y} ({'↑' if modes[y] == 'max' else '↓'})")
+        if len(objectives) > 2:
+            ax.set_title(f"first two of {len(objectives)} objectives", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_per_class(tables: StudyTables, path: Path) -> bool:
+    """Per-class IoU (%) of every trial, classes sorted by the MCCE reference."""
+    t = _with_iou(tables.trials)
+    cols = class_columns(tables.trials)
+    if t.empty or not cols:
+        return False
+    rv, _ = reference_iou(tables.trials)
+    ref = rv
+    order = _sorted_order(rv, len(cols))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(cols) + 2), 4.5))
+    x = np.arange(len(cols))
+    cmap = plt.get_cmap("tab20" if len(t) > 10 else "tab10")
+    for j, r in enumerate(t.to_dict("records")):
+        ax.plot(x, [100.0 * r[cols[i]] for i in order], "o-", ms=3, color=cmap(j % cmap.N),
+                label=r.get("label", r["trial_id"]))
+    ax.set_xticks(x, [cols[i][4:] for i in order], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("IoU (%)")
+    ax.set_title("per-class IoU" + (" (sorted by the MCCE reference)" if ref is not None else ""), fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _sorted_order(ref_vec: np.ndarray | None, k: int) -> list[int]:
+    order = list(range(k))
+    if ref_vec is not None:
+        order = sorted(order, key=lambda i: (np.inf if math.isnan(ref_vec[i]) else ref_vec[i], i))
+    return order
+
+
+def plot_pareto_groups(tables: StudyTables, groups: pd.DataFrame, path: Path) -> bool:
+    """The groups' mean of the first two objectives with ± std error bars (one objective:
+    a bar per group with its error bar); the groups' Pareto front (of the means) joined.
+    Returns False when nothing can be drawn."""
+    objectives = list(tables.objectives)
+    if not objectives or not has_seed_groups(groups) or any(f"{o}/mean" not in groups for o in objectives):
+        return False
+    g = groups[groups["n"] > 0]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+
+    def err(col: str) -> np.ndarray:
+        return np.nan_to_num(g[col].to_numpy(dtype=np.float64), nan=0.0)
+
+    if len(objectives) == 1:
+        o = objectives[0]
+        ax.bar(range(len(g)), g[f"{o}/mean"], yerr=err(f"{o}/std"), capsize=3)
+        ax.set_xticks(range(len(g)), [f"{lab} (n={n})" for lab, n in zip(g["label"], g["n"])],
+                      rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel(f"{o} (mean ± std over seeds)")
+    else:
+        x, y = objectives[0], objectives[1]
+        cmap = plt.get_cmap("tab20" if len(g) > 10 else "tab10")
+        for j, r in enumerate(g.to_dict("records")):
+            ax.errorbar(r[f"{x}/mean"], r[f"{y}/mean"],
+                        xerr=np.nan_to_num(r[f"{x}/std"]), yerr=np.nan_to_num(r[f"{y}/std"]),
+                        fmt="o", ms=4, capsize=3, color=cmap(j % cmap.N), label=f"{r['label']} (n={r['n']})")
+        front = g[g["pareto_rank"] == 0].sort_values(f"{x}/mean")
+        ax.plot(front[f"{x}/mean"], front[f"{y}/mean"], "-", c="C3", lw=1, alpha=0.6, label="front of the means")
+        modes = tables.objectives
+        ax.set_xlabel(f"{x} ({'↑' if modes[x] == 'max' else '↓'}), mean ± std over seeds")
+        ax.set_ylabel(f"{y} ({'↑' if modes[y] == 'max' else '↓'}), mean ± std over seeds")
+        if len(objectives) > 2:
+            ax.set_title(f"first two of {len(objectives)} objectives", fontsize=8)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_per_class_groups(tables: StudyTables, groups: pd.DataFrame, path: Path) -> bool:
+    """Per-class IoU (%) of every group, mean ± std over seeds, classes sorted by the MCCE
+    reference's mean IoU."""
+    cols = class_columns(tables.trials)
+    if not cols or not has_seed_groups(groups):
+        return False
+    g = groups[groups["n"] > 0]
+    order = _sorted_order(reference_iou(tables.trials)[0], len(cols))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(cols) + 2), 4.5))
+    x = np.arange(len(cols))
+    cmap = plt.get_cmap("tab20" if len(g) > 10 else "tab10")
+    for j, r in enumerate(g.to_dict("records")):
+        m = np.array([r[f"{cols[i]}/mean"] for i in order], dtype=np.float64) * 100.0
+        e = np.nan_to_num(np.array([r[f"{cols[i]}/std"] for i in order], dtype=np.float64) * 100.0)
+        ax.errorbar(x + 0.06 * (j - len(g) / 2), m, yerr=e, fmt="o-", ms=3, lw=1, capsize=2,
+                    color=cmap(j % cmap.N), label=f"{r['label']} (n={r['n']})")
+    ax.set_xticks(x, [cols[i][4:] for i in order], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("IoU (%), mean ± std over seeds")
+    ax.set_title("per-class IoU of the groups (sorted by the MCCE reference)", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_weights(tables: StudyTables, path: Path) -> bool:
+    """Class-weight trajectories (``weights/<class>`` vs step) of the stochastic-TCE trials."""
+    h = tables.history
+    wcols = [c for c in h.columns if str(c).startswith("weights/")]
+    if h.empty or not wcols:
+        return False
+    ids = [tid for tid, g in h.groupby("trial_id", sort=False) if g[wcols].notna().any().any()]
+    if not ids:
+        return False
+    labels = dict(zip(tables.trials["trial_id"], tables.trials["label"])) if len(tables.trials) else {}
+    plt = _plt()
+    n = len(ids)
+    fig, axes = plt.subplots(n, 1, figsize=(7, 2.8 * n), squeeze=False)
+    for ax, tid in zip(axes[:, 0], ids):
+        g = h[h["trial_id"] == tid].sort_values("step")
+        cmap = plt.get_cmap("tab20" if len(wcols) > 10 else "tab10")
+        for j, c in enumerate(wcols):
+            if g[c].notna().any():
+                ax.plot(g["step"], g[c], label=c[len("weights/"):], color=cmap(j % cmap.N), marker="o", ms=2)
+        ax.set_title(labels.get(tid, tid), fontsize=8)
+        ax.set_xlabel("step")
+        ax.set_ylabel("sampling weight")
+        ax.legend(fontsize=5, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def build_report(study_dir: str | Path) -> str:
+    """Write ``report.md``, ``groups.parquet`` and ``plots/*.png`` into ``study_dir`` from its
+    Parquet files (and study.json); returns the report's path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = read_tables(study_dir)
+    groups = group_table(tables.trials, tables.objectives) if len(tables.trials) else pd.DataFrame({"group": pd.Series([], dtype=str)})
+    local, publish = local_output_dir(study_dir)
+    plots_dir = local / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(groups.reset_index(drop=True), preserve_index=False), str(local / "groups.parquet"))
+    made = []
+    for fn, fname in ((plot_pareto, "pareto.png"), (plot_per_class, "per_class_iou.png"), (plot_weights, "weights.png")):
+        if fn(tables, plots_dir / fname):
+            made.append(f"plots/{fname}")
+    for gfn, fname in ((plot_pareto_groups, "pareto_groups.png"), (plot_per_class_groups, "per_class_iou_groups.png")):
+        if gfn(tables, groups, plots_dir / fname):
+            made.append(f"plots/{fname}")
+    text = render_markdown(tables, made, groups=groups)
+    (local / "report.md").write_text(text, encoding="utf-8")
+    publish()
+    return str(study_dir).rstrip("/") + "/report.md"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tce_ray.report",
+        description="Rebuild report.md, groups.parquet and plots/ of a study from its Parquet files (no Ray needed).",
+    )
+    parser.add_argument("study_dir", help="the study's result folder, <storage>/<name> (a local path or a URI)")
+    args = parser.parse_args(argv)
+    try:
+        path = build_report(args.study_dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,579 @@
+"""A study's result tables: one row per trial, each trial's report history, the Pareto front.
+
+Files in ``<storage>/<name>/`` (a local folder or a URI pyarrow can write to):
+
+- ``trials.parquet``: one row per trial: ``trial_id``, ``label``, ``status`` (completed,
+  failed, stopped [by the scheduler], interrupted, pending), ``error`` (one line) and
+  ``error_detail``, ``configuration`` (index of the explicit configuration, -1 sampled),
+  ``number`` (the Optuna trial number: creation order), ``seed`` (the trial's
+  ``train.seed``), ``group`` (the key of its group, see below),
+  the trial config flattened (``config/loss/name``, ``config/loss/t``, ...), the final
+  ``step``, ``train_loss``, ``miou``, every objective by name, ``iou/<class>`` (fractions),
+  ``pareto_rank`` (0 = on the front; -1 not ranked) and ``path``.
+- ``history.parquet``: every report of every trial (``trial_id``, ``step``, ``train_loss``,
+  ``miou``, objectives, ``iou/<class>``, ``weights/<class>`` of stochastic TCE).
+- ``pareto.parquet``: the rows of ``trials`` on the front (rank 0), objectives first.
+- ``study.json``: name, objectives with modes, class names, the validated config.
+- ``groups.parquet`` (written with the report, from ``trials.parquet`` alone): one row per
+  group (:func:`group_table`).
+
+A *group* is the trials that share their loss settings, the seed aside: the seeds of one
+explicit configuration (``search.seeds``), or a sampled trial on its own. Its key
+(:func:`group_key`) is the loss name and every loss setting the trial config holds
+(``config/loss/*``) at full precision; two configurations listed with identical settings
+therefore fall into one group.
+
+The Pareto front is computed here from the trials' final objectives (non-dominated
+sorting, each objective in its own direction) over the ``completed`` trials only: trials
+a scheduler stopped early carry partial values and would distort it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "non_dominated_ranks",
+    "pareto_front",
+    "flatten_config",
+    "summarize_error",
+    "trial_label",
+    "settings_label",
+    "group_key",
+    "group_label",
+    "group_table",
+    "mean_std",
+    "reference_group",
+    "CRITERIA",
+    "collect_trials",
+    "StudyTables",
+    "write_tables",
+    "read_tables",
+    "study_fs",
+]
+
+_METRIC_RENAME = {"loss": "train_loss"}
+_HISTORY_KEEP = re.compile(r"^(step|loss|miou|images_per_s|training_iteration|time_total_s|iou/.+|weights/.+)$")
+
+
+# --------------------------------------------------------------------------- Pareto
+
+
+def non_dominated_ranks(values: np.ndarray | Sequence[Sequence[float]], modes: Sequence[str]) -> np.ndarray:
+    """Non-dominated sorting: rank 0 is the Pareto front, rank 1 the front of the rest, ...
+
+    ``values`` is [N, M]; ``modes[j]`` is "max" or "min" for column j. A row dominates
+    another when it is at least as good in every objective and better in one. Rows with a
+    NaN (or inf) get rank -1.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"values must be [trials, objectives], got shape {v.shape}")
+    if len(modes) != v.shape[1]:
+        raise ValueError(f"{len(modes)} modes for {v.shape[1]} objectives")
+    bad = [m for m in modes if m not in ("max", "min")]
+    if bad:
+        raise ValueError(f"modes must be 'max' or 'min', got {bad}")
+    sign = np.array([-1.0 if m == "max" else 1.0 for m in modes])
+    cost = v * sign  # minimise every column
+    ranks = np.full(v.shape[0], -1, dtype=np.int64)
+    remaining = [i for i in range(v.shape[0]) if np.all(np.isfinite(cost[i]))]
+    rank = 0
+    while remaining:
+        sub = cost[remaining]
+        front = []
+        for a, i in enumerate(remaining):
+            dominated = np.any(np.all(sub <= sub[a], axis=1) & np.any(sub < sub[a], axis=1))
+            if not dominated:
+                front.append(i)
+        ranks[front] = rank
+        remaining = [i for i in remaining if i not in set(front)]
+        rank += 1
+    return ranks
+
+
+def pareto_front(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+    """The completed trials on the front (``pareto_rank == 0``), sorted by the first
+    objective (best first). ``objectives`` maps name -> mode."""
+    if "pareto_rank" not in trials:
+        trials = rank_trials(trials, objectives)
+    front = trials[trials["pareto_rank"] == 0]
+    first, mode = next(iter(objectives.items()))
+    return front.sort_values(first, ascending=(mode == "min")).reset_index(drop=True)
+
+
+def rank_trials(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+    """``trials`` with a ``pareto_rank`` column (completed trials only; others -1)."""
+    out = trials.copy()
+    out["pareto_rank"] = -1
+    done = out.index[out["status"] == "completed"] if len(out) else out.index
+    names = list(objectives)
+    missing = [n for n in names if n not in out]
+    if len(done) and not missing:
+        vals = out.loc[done, names].to_numpy(dtype=np.float64)
+        out.loc[done, "pareto_rank"] = non_dominated_ranks(vals, [objectives[n] for n in names])
+    return out
+
+
+# --------------------------------------------------------------------------- trials
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "config/") -> dict[str, Any]:
+    """``{"loss": {"t": 1}}`` -> ``{"config/loss/t": 1}``; lists become JSON strings."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_config(v, key + "/"))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(list(v))
+        else:
+            out[key] = v
+    return out
+
+
+def summarize_error(error: BaseException | str | None) -> str:
+    """One line naming the root error (``ValueError: ...``) from a (Ray-wrapped) error."""
+    if error is None:
+        return ""
+    text = str(error) if isinstance(error, BaseException) else error
+    if isinstance(error, BaseException):
+        root = error
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if root is not error and str(root).strip():
+            text = f"{type(root).__name__}: {root}\n" + text
+    # the last "SomeError: message" line of a traceback text is the root cause
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    pattern = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt)|RuntimeError)\b.*:")
+    hits = [ln for ln in lines if pattern.match(ln) and not ln.startswith(("ray.exceptions.RayTaskError", "RayTaskError"))]
+    line = hits[-1] if hits else (lines[-1] if lines else type(error).__name__)
+    return line[:500]
+
+
+_LABEL_KEYS = (("t", "t"), ("gamma", "γ"), ("focal_gamma", "fγ"), ("tilt_signal", ""), ("weight_floor", "floor"))
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _loss_items(row: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(setting, value) of every loss setting the row's trial config holds, name excluded."""
+    return [(k[len("config/loss/"):], v) for k, v in row.items()
+            if str(k).startswith("config/loss/") and k != "config/loss/name" and not _missing(v)]
+
+
+def settings_label(row: Mapping[str, Any]) -> str:
+    """Short label of a trial's loss settings: ``tce_stochastic t=0.1 γ=0.2 signal=class``
+    (the default tilt signal ``batch`` and a zero weight floor are left out; settings
+    beyond the searched ones, e.g. ``focal_alpha``, are named in full)."""
+    name = row.get("config/loss/name")
+    parts = [str(name if not _missing(name) else "?")]
+    for key, short in _LABEL_KEYS:
+        v = row.get(f"config/loss/{key}")
+        if _missing(v):
+            continue
+        if key == "tilt_signal":
+            if v != "batch":
+                parts.append(f"signal={v}")
+            continue
+        if key == "weight_floor" and float(v) == 0.0:
+            continue
+        parts.append(f"{short}={_g(v)}")
+    known = {k for k, _ in _LABEL_KEYS}
+    parts += [f"{k}={_g(v)}" for k, v in sorted(_loss_items(row)) if k not in known]
+    return " ".join(parts)
+
+
+def trial_label(row: Mapping[str, Any], *, with_seed: bool = False) -> str:
+    """Short label of a trial: its :func:`settings_label`, ``[#i]`` for explicit
+    configuration i and, with ``with_seed``, ``seed=s``."""
+    parts = [settings_label(row)]
+    cfg = row.get("configuration")
+    if not _missing(cfg) and int(cfg) >= 0:
+        parts.append(f"[#{int(cfg)}]")
+    seed = row.get("seed")
+    if with_seed and not _missing(seed) and int(seed) >= 0:
+        parts.append(f"seed={int(seed)}")
+    return " ".join(parts)
+
+
+def group_key(row: Mapping[str, Any]) -> str:
+    """The key of a trial's group: its loss name and every loss setting of its trial config
+    (sorted, numbers at full precision), the seed ignored: ``tce_stochastic gamma=0.1 t=0.1
+    tilt_signal=batch``."""
+    name = row.get("config/loss/name")
+    parts = [str(name if not _missing(name) else "?")]
+    for k, v in sorted(_loss_items(row)):
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+            v = repr(float(v))  # 1 and 1.0 (an int column after a Parquet round trip) agree
+        parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+def _g(v: Any) -> str:
+    try:
+        return f"{float(v):.3g}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+@dataclass
+class TrialRecord:
+    """What :func:`collect_trials` needs of one trial (a Tune ``Result`` adapts to it)."""
+
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: pd.DataFrame | None = None
+    error: BaseException | str | None = None
+    path: str = ""
+
+
+def records_from_result_grid(grid: Any) -> list[TrialRecord]:
+    """Adapt a ``ray.tune.ResultGrid`` (any iterable of ``Result``) to records."""
+    records = []
+    for i, r in enumerate(grid):
+        metrics = dict(r.metrics or {})
+        path = str(getattr(r, "path", "") or "")
+        tid = metrics.get("trial_id") or _trial_id_from_path(path) or f"trial_{i:05d}"
+        try:
+            hist = r.metrics_dataframe
+        except Exception:  # noqa: BLE001 - a missing progress file is "no history"
+            hist = None
+        records.append(TrialRecord(str(tid), dict(r.config or {}), metrics, hist, r.error, path))
+    return records
+
+
+def _trial_id_from_path(path: str) -> str | None:
+    m = re.match(r"^trial_(\w+)$", os.path.basename(path.rstrip("/")))
+    return m.group(1) if m else None
+
+
+def collect_trials(
+    records: Iterable[TrialRecord],
+    objectives: Mapping[str, str],
+    *,
+    total_steps: int,
+    stopped_status: str = "interrupted",
+    default_seed: int = -1,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, history) DataFrames from the trials' records.
+
+    Status: ``failed`` (an error, or a missing / non-finite objective at the end),
+    ``completed`` (reached ``total_steps``), ``pending`` (never reported), else
+    ``stopped_status`` ("stopped" when a scheduler may stop trials, "interrupted"
+    otherwise). Rows are ordered explicit configurations first, then by creation order
+    (the Optuna trial number in the config's ``study/number``), then trial id. ``seed`` is
+    the config's ``study/seed`` (``default_seed`` when it has none); labels name the seed
+    when the trials have more than one.
+    """
+    rows: list[dict[str, Any]] = []
+    histories: list[pd.DataFrame] = []
+    for rec in records:
+        m = rec.metrics
+        row: dict[str, Any] = {"trial_id": rec.trial_id}
+        row.update(flatten_config(rec.config))
+        study = rec.config.get("study") if isinstance(rec.config.get("study"), dict) else {}
+        conf, number, seed = study.get("configuration"), study.get("number"), study.get("seed")
+        row["configuration"] = int(conf) if conf is not None else -1
+        row["number"] = int(number) if number is not None else -1
+        row["seed"] = int(seed) if seed is not None else int(default_seed)
+        row["step"] = _num(m.get("step"))
+        row["train_loss"] = _num(m.get("loss"))
+        row["miou"] = _num(m.get("miou"))
+        for name in objectives:
+            row[name] = _num(m.get(name))
+        for k, v in m.items():
+            if k.startswith("iou/"):
+                row[k] = _num(v)
+        error = summarize_error(rec.error) if rec.error is not None else ""
+        detail = str(rec.error)[-20000:] if rec.error is not None else ""
+        if not error and m:
+            bad = [n for n in objectives if not math.isfinite(row[n])]
+            if bad and (row["step"] >= total_steps):
+                error = f"objective(s) {', '.join(bad)} missing or not finite at the last report"
+        if error:
+            status = "failed"
+        elif not m or math.isnan(row["step"]):
+            status = "pending"
+        elif row["step"] >= total_steps:
+            status = "completed"
+        else:
+            status = stopped_status
+        row["status"] = status
+        row["error"] = error
+        row["error_detail"] = detail
+        row["path"] = rec.path
+        rows.append(row)
+        if rec.history is not None and len(rec.history):
+            h = rec.history[[c for c in rec.history.columns if _HISTORY_KEEP.match(str(c)) or c in objectives]].copy()
+            h = h.rename(columns=_METRIC_RENAME)
+            h.insert(0, "trial_id", rec.trial_id)
+            histories.append(h)
+    trials = pd.DataFrame(rows)
+    if len(trials):
+        trials = trials.sort_values(
+            ["configuration", "number", "trial_id"],
+            key=lambda s: s.map(_sort_key) if s.name in ("configuration", "number") else s,
+        ).reset_index(drop=True)
+        records = trials.to_dict("records")
+        with_seed = trials["seed"].nunique() > 1
+        trials.insert(1, "label", [trial_label(r, with_seed=with_seed) for r in records])
+        trials.insert(2, "group", [group_key(r) for r in records])
+        trials = rank_trials(trials, objectives)
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame({"trial_id": pd.Series([], dtype=str)})
+    return trials, history
+
+
+def _sort_key(c: Any) -> int:
+    c = int(c)
+    return c if c >= 0 else 1 << 30
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# --------------------------------------------------------------------------- groups
+
+CRITERIA: tuple[tuple[str, str], ...] = (
+    ("miou", "mIoU"),
+    ("sorted_bottom25", "sorted bottom 25%"),
+    ("sorted_top25", "sorted top 25%"),
+    ("p25", "p25"),
+    ("p25_mean", "mean ≤ p25"),
+    ("p75", "p75"),
+    ("p75_mean", "mean ≥ p75"),
+    ("worst", "worst"),
+    ("std", "std"),
+)
+"""The paper's Table 3 criteria (keys of ``tce_ray.metrics.fairness_report``) and their
+column titles; ``sorted_*`` need the MCCE reference."""
+
+
+def mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
+    """(mean, sample std with ddof = 1, count) of the finite values; NaN mean without
+    any, NaN std with fewer than two."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan, 0
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else math.nan), int(v.size)
+
+
+def _groups_in_order(trials: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    keys = [group_key(r) for r in trials.to_dict("records")]
+    t = trials.assign(_group=keys)
+    return [(k, g.drop(columns="_group")) for k, g in t.groupby("_group", sort=False)]
+
+
+def group_label(group: pd.DataFrame) -> tuple[str, int]:
+    """(label, configuration) of a group's trials: its settings label with ``[#i]`` when
+    all are explicit configuration i (configuration i, else -1)."""
+    confs = {int(c) for c in group["configuration"]} if "configuration" in group else {-1}
+    conf = confs.pop() if len(confs) == 1 else -1
+    return settings_label(group.iloc[0].to_dict()) + (f" [#{conf}]" if conf >= 0 else ""), conf
+
+
+def reference_group(trials: pd.DataFrame) -> str | None:
+    """The key of the MCCE reference group: the MCCE group with the most completed trials
+    (ties: the first in ``trials``' order, i.e. the first explicit configuration); None
+    without a completed MCCE trial."""
+    if not len(trials) or "config/loss/name" not in trials:
+        return None
+    best, best_n = None, 0
+    for key, g in _groups_in_order(trials):
+        n = int(((g["config/loss/name"] == "mcce") & (g["status"] == "completed")).sum())
+        if n > best_n:
+            best, best_n = key, n
+    return best
+
+
+def group_table(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+    """One row per group (:func:`group_key`), in the order of ``trials``: ``group``,
+    ``label`` (settings label, ``[#i]`` when all its trials are explicit configuration i),
+    ``configuration`` (that i, else -1), the loss settings (``config/loss/*``), ``n``
+    (completed trials), ``n_trials`` (all), ``seeds`` (JSON list of the completed trials'
+    seeds), ``trial_ids`` (JSON list of all its trials), ``reference`` (the MCCE
+    reference group), and over its completed trials the mean and sample std (ddof = 1;
+    NaN with fewer than two) of:
+
+    - ``miou`` and every objective: ``<name>/mean``, ``<name>/std`` (as reported: fractions);
+    - the per-class IoU: ``iou/<class>/mean``, ``iou/<class>/std`` (fractions; a class
+      absent in a trial is left out of that class's values);
+    - the Table 3 criteria of each trial in percent, the sorted bottom/top 25% with the
+      reference group's MEAN per-class IoU as the reference: ``table3/<criterion>/mean``,
+      ``table3/<criterion>/std`` (criteria in :data:`CRITERIA`, e.g. ``table3/p25_mean/std``
+      is the std over seeds of the mean IoU at or below p25; the sorted ones NaN without a
+      reference);
+    - ``pareto_rank``: non-dominated rank of the groups' objective means (groups with a
+      completed trial; others -1).
+
+    Only ``completed`` trials count (stopped or interrupted ones hold partial values).
+    """
+    from .metrics import fairness_report  # numpy (+ torch) only
+
+    cols = [c for c in trials.columns if str(c).startswith("iou/")]
+    names = [c[len("iou/"):] for c in cols]
+    loss_cols = [c for c in trials.columns if str(c).startswith("config/loss/")]
+    ref_key = reference_group(trials)
+    groups = _groups_in_order(trials) if len(trials) else []
+    ref_vec = None
+    if ref_key is not None and cols:
+        g = dict(groups)[ref_key]
+        done = g[g["status"] == "completed"]
+        ref_vec = np.array([mean_std(done[c].to_numpy(dtype=np.float64))[0] for c in cols]) * 100.0
+        if np.all(np.isnan(ref_vec)):
+            ref_vec = None
+    metric_names = ["miou"] + [n for n in objectives if n != "miou"]
+    rows = []
+    for key, g in groups:
+        done = g[g["status"] == "completed"]
+        first = g.iloc[0]
+        label, conf = group_label(g)
+        row: dict[str, Any] = {"group": key, "label": label, "configuration": conf}
+        row.update({c: first[c] for c in loss_cols})
+        row["n"] = int(len(done))
+        row["n_trials"] = int(len(g))
+        seeds = [int(x) for x in done["seed"]] if "seed" in done else []
+        row["seeds"] = json.dumps(seeds)
+        row["trial_ids"] = json.dumps([str(x) for x in g["trial_id"]])
+        row["reference"] = key == ref_key
+        for name in metric_names:
+            vals = done[name].to_numpy(dtype=np.float64) if name in done else np.array([])
+            row[f"{name}/mean"], row[f"{name}/std"], _ = mean_std(vals)
+        for c in cols:
+            row[f"{c}/mean"], row[f"{c}/std"], _ = mean_std(done[c].to_numpy(dtype=np.float64))
+        per_trial: dict[str, list[float]] = {k: [] for k, _ in CRITERIA}
+        for r in done.to_dict("records"):
+            u = np.array([r[c] for c in cols], dtype=np.float64) * 100.0
+            if not u.size or np.all(np.isnan(u)):
+                continue
+            try:
+                rep = fairness_report(u, reference=ref_vec, class_names=names)
+            except ValueError:  # no class present in both: no sorted criteria for this trial
+                rep = fairness_report(u, class_names=names)
+            for k, _ in CRITERIA:
+                per_trial[k].append(float(rep.get(k, math.nan)))
+        for k, _ in CRITERIA:
+            row[f"table3/{k}/mean"], row[f"table3/{k}/std"], _ = mean_std(per_trial[k])
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out):
+        dup = out["label"].duplicated(keep=False)  # e.g. sampled t=0.1234 and t=0.12341 (.3g)
+        for i in out.index[dup]:
+            ids = json.loads(out.at[i, "trial_ids"]) or [out.at[i, "group"]]
+            out.at[i, "label"] = f"{out.at[i, 'label']} ({ids[0]})"
+        out["pareto_rank"] = -1
+        obj = list(objectives)
+        ok = out.index[out["n"] > 0]
+        if obj and len(ok) and all(f"{n}/mean" in out for n in obj):
+            vals = out.loc[ok, [f"{n}/mean" for n in obj]].to_numpy(dtype=np.float64)
+            out.loc[ok, "pareto_rank"] = non_dominated_ranks(vals, [objectives[n] for n in obj])
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def study_fs(study_dir: str | os.PathLike[str]) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) for a local folder or a URI (s3://, gs://, file://)."""
+    import pyarrow.fs as pafs
+
+    s = str(study_dir)
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", s):
+        return pafs.FileSystem.from_uri(s)
+    return pafs.LocalFileSystem(), os.path.abspath(s)
+
+
+@dataclass
+class StudyTables:
+    """The result tables of a study and its metadata (study.json)."""
+
+    trials: pd.DataFrame
+    history: pd.DataFrame
+    pareto: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        return {o["name"]: o["mode"] for o in self.meta.get("objectives", [])}
+
+
+def write_tables(study_dir: str | os.PathLike[str], tables: StudyTables) -> dict[str, str]:
+    """Write trials/history/pareto Parquet files and study.json; returns their paths."""
+    fs, base = study_fs(study_dir)
+    fs.create_dir(base, recursive=True)
+    paths = {}
+    for name, df in (("trials", tables.trials), ("history", tables.history), ("pareto", tables.pareto)):
+        p = f"{base}/{name}.parquet"
+        _write_parquet(df, fs, p)
+        paths[name] = p
+    p = f"{base}/study.json"
+    with fs.open_output_stream(p) as f:
+        f.write(json.dumps(tables.meta, indent=2, default=str).encode())
+    paths["meta"] = p
+    return paths
+
+
+def _write_parquet(df: pd.DataFrame, fs: Any, path: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    pq.write_table(table, path, filesystem=fs)
+
+
+def read_tables(study_dir: str | os.PathLike[str]) -> StudyTables:
+    """Read what :func:`write_tables` wrote (FileNotFoundError naming what is missing)."""
+    import pyarrow.parquet as pq
+
+    fs, base = study_fs(study_dir)
+    out = {}
+    for name in ("trials", "history", "pareto"):
+        p = f"{base}/{name}.parquet"
+        if fs.get_file_info(p).type.name == "NotFound":
+            raise FileNotFoundError(
+                f"{p} not found: {study_dir} is not a study result folder (it needs trials.parquet, "
+                f"history.parquet, pareto.parquet from `python -m tce_ray.study`)"
+            )
+        out[name] = pq.read_table(p, filesystem=fs).to_pandas()
+    meta: dict[str, Any] = {}
+    p = f"{base}/study.json"
+    if fs.get_file_info(p).type.name != "NotFound":
+        with fs.open_input_stream(p) as f:
+            meta = json.loads(f.read().decode())
+    return StudyTables(out["trials"], out["history"], out["pareto"], meta)
+
+
+def local_output_dir(study_dir: str | os.PathLike[str]) -> tuple[Path, Any]:
+    """A local folder to write report files into, and a function that publishes it to
+    ``study_dir`` (a no-op for a local ``study_dir``)."""
+    s = str(study_dir)
+    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", s):
+        return Path(s), lambda: None
+    tmp = Path(tempfile.mkdtemp(prefix="tce_report_"))
+
+    def publish() -> None:
+        import pyarrow.fs as pafs
+
+        fs, base = study_fs(s)
+        pafs.copy_files(str(tmp), base, destination_filesystem=fs)
+
+    return tmp, publish

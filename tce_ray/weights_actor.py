@@ -1,0 +1,519 @@
+"""The shared class-weight state of one stochastic-TCE run (a Ray actor) and its worker-side client.
+
+One run has ONE :class:`~tce_ray.tilt.TiltState` (SPEC, "Stochastic TCE"): every
+data-parallel worker draws its own class from the shared weights and reports
+``(class, signal)`` back. The state lives in a named Ray actor, :data:`ClassWeightActor`,
+created by :func:`tce_ray.train.run_training` (``create_weight_actor``) and found by every
+worker with ``ray.get_actor(actor_name(run_name))``.
+
+Survival. The actor is created with ``max_restarts=-1`` and ``max_task_retries=0``: a
+killed actor is restarted by Ray, which re-runs ``__init__``; ``__init__`` reloads the
+latest snapshot, a JSON file written atomically (temporary file + ``os.replace``) every
+``snapshot_every`` report calls or ``snapshot_interval_s`` seconds, on demand
+(:meth:`WeightStore.snapshot`) and after every ``load_state_dict``. Reports that reached the
+actor after its last snapshot are lost with it; with ``max_task_retries=0`` no report is
+ever applied twice by Ray itself. The training checkpoint carries the full state too (see
+``tce_ray.train``), so a restart of the workers restores exactly the checkpointed state.
+
+Non-blocking reporting (:class:`WeightClient`). A training step never waits for the actor:
+reports are buffered, and every ``sync_every`` steps ONE call, ``report_and_get.remote(...)``,
+carries them to the actor and brings the fresh weights back; the step does not wait for its
+reply, which later reads pick up with ``ray.wait(timeout=0)``. At most ``max_inflight``
+calls are outstanding; beyond that the reports keep buffering (up to ``max_buffer``, the
+oldest dropped beyond it). An unreachable actor (``RayActorError``, including
+``ActorUnavailableError`` while it restarts) never stops training: the client keeps its
+cached weights, puts the failed reports back in its buffer and sends them at the next sync.
+
+Weight lag (how old the weights a worker samples with may be). Number the steps a worker
+trains 1, 2, ...; after step ``n`` the loop calls ``report`` and ``step``. Let ``S`` be
+``sync_every`` (``TrainSpec.weight_sync_every``), ``P`` the DataLoader prefetch depth
+(``prefetch_factor * loader_workers`` = 2 per loader process, 0 without loader processes:
+the sampler then draws each batch when the step starts) and ``R`` the number of steps a
+``get_weights`` reply takes to be picked up (1 on an idle actor: the request leaves at the
+end of a step and its reply is read at the first read after it lands; more while the actor
+is busy, and while it is down the previous weights stay in use). At every ``S``-th step the
+client sends its buffered reports and asks for weights in one call, so those weights
+contain those reports (and every earlier call of this worker: one caller's calls to an
+actor run in submission order). The sampler draws the
+batch of step ``n`` during step ``n - P`` (after step ``n - 1 - P``), with cached weights
+whose request left after step ``i``, of age ``a = (n - 1 - P) - i`` with ``a <= S - 1 + R``
+(``S`` in the steady state). So the batch of step ``n`` is drawn with weights that contain
+this worker's reports of steps ``1 .. n - 1 - L`` and miss those of the ``L = P + a <= P + S - 1 + R``
+steps before ``n`` (steady state ``P + S``; e.g. ``S = 1`` without loader processes:
+the weights miss only step ``n - 1``'s report). Other workers' reports are at most ``S - 1``
+steps staler still (they are sent at their own sync points; the workers are in lock-step
+through DDP) plus the time their calls wait behind at most ``max_inflight`` outstanding
+ones when the actor falls behind. :attr:`WeightClient.max_weight_age_steps` measures the
+largest ``a``; the training loop reports it as ``weights_age_steps_max`` and ``L``'s bound
+``a + P`` as ``weights_lag_bound_steps``.
+
+Concurrent reports from several workers arrive in any order, so multi-worker runs are not
+bit-for-bit reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from tce_ray.tilt import TiltState
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 1
+ACTOR_NAME_PREFIX = "tce-class-weights-"
+
+
+def actor_name(run_name: str) -> str:
+    """The Ray actor name of ``run_name``'s class-weight actor (one per run)."""
+    if not isinstance(run_name, str) or not run_name.strip():
+        raise ValueError(f"run_name must be a non-empty string, got {run_name!r}")
+    return ACTOR_NAME_PREFIX + run_name
+
+
+def state_hash(state: dict[str, Any]) -> str:
+    """A short, stable hash of a TiltState ``state_dict`` (canonical JSON, SHA-256).
+
+    Floats go through ``repr`` (exact round trip), so a state that went through JSON or
+    ``torch.save`` hashes the same as the original.
+    """
+    text = json.dumps(state, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_snapshot(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The snapshot a :class:`WeightStore` wrote at ``path`` (None if there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with open(path) as f:
+        snap = json.load(f)
+    if not isinstance(snap, dict) or snap.get("format") != SNAPSHOT_FORMAT or "state" not in snap:
+        raise ValueError(
+            f"{path} is not a class-weight snapshot (format {SNAPSHOT_FORMAT}); delete it to start "
+            "from uniform weights"
+        )
+    return snap
+
+
+class WeightStore:
+    """The body of :data:`ClassWeightActor`: a TiltState plus snapshots (plain Python, testable).
+
+    Args:
+        num_classes, t, gamma, drawable, weight_floor: passed to :class:`TiltState`.
+        snapshot_path: JSON file the state is saved to and reloaded from in ``__init__``
+            (None: no snapshots, a restart starts from uniform weights).
+        snapshot_every: snapshot after this many ``report_many`` calls ...
+        snapshot_interval_s: ... or when this many seconds passed since the last one.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        t: float,
+        gamma: float,
+        drawable: Sequence[int] | np.ndarray | None = None,
+        *,
+        weight_floor: float = 0.0,
+        snapshot_path: str | os.PathLike | None = None,
+        snapshot_every: int = 50,
+        snapshot_interval_s: float = 1.0,
+    ) -> None:
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be >= 1, got {snapshot_every}")
+        if not snapshot_interval_s > 0:
+            raise ValueError(f"snapshot_interval_s must be > 0, got {snapshot_interval_s}")
+        self._tilt = TiltState(num_classes, t, gamma, drawable, weight_floor=weight_floor)
+        self._snapshot_path = Path(snapshot_path) if snapshot_path is not None else None
+        self._snapshot_every = int(snapshot_every)
+        self._snapshot_interval_s = float(snapshot_interval_s)
+        self._calls_since_snapshot = 0
+        self._last_snapshot_t = time.monotonic()
+        self._report_calls = 0
+        self.restored_updates: int | None = None
+        if self._snapshot_path is not None:
+            self._snapshot_path.parent.mkdir(parents=True, exist_ok=True)
+            snap = read_snapshot(self._snapshot_path)
+            if snap is not None:
+                self._tilt.load_state_dict(snap["state"])
+                self.restored_updates = self._tilt.num_updates
+                logger.info(
+                    "class-weight state restored from %s (%d updates)",
+                    self._snapshot_path,
+                    self.restored_updates,
+                )
+
+    # -- reading ----------------------------------------------------------------------
+    def get_weights(self) -> np.ndarray:
+        """The sampling distribution over classes (``TiltState.weights``)."""
+        return self._tilt.weights
+
+    def get_weights_versioned(self) -> tuple[np.ndarray, int]:
+        """``(weights, num_updates)``: the weights and how many reports they contain."""
+        return self._tilt.weights, self._tilt.num_updates
+
+    def state_dict(self) -> dict[str, Any]:
+        """The TiltState's ``state_dict`` (plain types)."""
+        return self._tilt.state_dict()
+
+    def stats(self) -> dict[str, Any]:
+        """Diagnostics: num_updates, report_calls, pid, cpu_s (process CPU time), restored_updates."""
+        try:
+            reconstructed = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        except Exception:  # not inside an actor (plain-Python use)
+            reconstructed = False
+        return {
+            "num_updates": self._tilt.num_updates,
+            "report_calls": self._report_calls,
+            "pid": os.getpid(),
+            "cpu_s": time.process_time(),
+            "restored_updates": self.restored_updates,
+            "reconstructed": reconstructed,
+        }
+
+    # -- writing ----------------------------------------------------------------------
+    def report_many(self, classes: Sequence[int] | np.ndarray, losses: Sequence[float] | np.ndarray) -> int:
+        """Apply ``(class, loss)`` reports in order (``TiltState.update_many``); returns num_updates."""
+        self._tilt.update_many(classes, losses)
+        self._report_calls += 1
+        self._calls_since_snapshot += 1
+        if self._snapshot_path is not None and (
+            self._calls_since_snapshot >= self._snapshot_every
+            or time.monotonic() - self._last_snapshot_t >= self._snapshot_interval_s
+        ):
+            self.snapshot()
+        return self._tilt.num_updates
+
+    def report_and_get(
+        self, classes: Sequence[int] | np.ndarray, losses: Sequence[float] | np.ndarray
+    ) -> tuple[list[float], int]:
+        """``report_many`` (when there is something to report), then the weights (as a list,
+        cheaper to ship than an array) and num_updates: one round trip per sync for a worker."""
+        if len(classes) or len(losses):
+            self.report_many(classes, losses)
+        return self._tilt.weights.tolist(), self._tilt.num_updates
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Replace the state (e.g. from a training checkpoint) and snapshot it; returns num_updates."""
+        self._tilt.load_state_dict(state)
+        self.snapshot()
+        return self._tilt.num_updates
+
+    def snapshot(self) -> str | None:
+        """Write the state to the snapshot file now (atomically); returns its path."""
+        if self._snapshot_path is None:
+            return None
+        payload = {
+            "format": SNAPSHOT_FORMAT,
+            "state": self._tilt.state_dict(),
+            "num_updates": self._tilt.num_updates,
+            "time": time.time(),
+        }
+        _atomic_write_json(self._snapshot_path, payload)
+        self._calls_since_snapshot = 0
+        self._last_snapshot_t = time.monotonic()
+        return str(self._snapshot_path)
+
+
+#: The Ray actor (one per run): restarted by Ray when killed, its calls never retried.
+ClassWeightActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(WeightStore)
+
+
+def create_weight_actor(
+    run_name: str,
+    *,
+    num_classes: int,
+    t: float,
+    gamma: float,
+    drawable: Sequence[int] | np.ndarray | None = None,
+    weight_floor: float = 0.0,
+    snapshot_path: str | os.PathLike | None = None,
+    **options: Any,
+) -> "ray.actor.ActorHandle":
+    """Create (or get, if it exists) ``run_name``'s :data:`ClassWeightActor` and wait until it is up.
+
+    The actor is not detached: it lives as long as the calling process (the run's driver or
+    Tune trial), so it outlives worker restarts and dies with the run. ``options`` go to
+    ``.options()`` (e.g. ``max_restarts``).
+    """
+    drawable_list = None if drawable is None else [int(c) for c in np.asarray(drawable).ravel()]
+    handle = ClassWeightActor.options(
+        name=actor_name(run_name), get_if_exists=True, **options
+    ).remote(
+        num_classes,
+        t,
+        gamma,
+        drawable_list,
+        weight_floor=weight_floor,
+        snapshot_path=None if snapshot_path is None else str(snapshot_path),
+    )
+    ray.get(handle.get_weights.remote())  # surfaces __init__ errors (bad params, bad snapshot) here
+    return handle
+
+
+def find_weight_actor(run_name: str, timeout_s: float = 120.0) -> "ray.actor.ActorHandle":
+    """``ray.get_actor(actor_name(run_name))``, waiting up to ``timeout_s`` for it to appear."""
+    name = actor_name(run_name)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get_actor(name)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise ValueError(
+                    f"no class-weight actor named {name!r}: stochastic TCE needs one per run; "
+                    "start training with tce_ray.train.run_training (it creates the actor), or "
+                    "call tce_ray.train.start_weight_actor before fit()"
+                ) from None
+            time.sleep(0.2)
+
+
+class WeightClient:
+    """A worker's view of the shared class weights: cached ``.weights``, non-blocking ``report``.
+
+    Args:
+        run_name: the run whose actor to find (``ray.get_actor(actor_name(run_name))``);
+            ignored when ``actor`` is given.
+        sync_every: every this many :meth:`step` calls, send the buffered reports and ask for
+            fresh weights, in ONE call (``report_and_get``) whose reply is picked up later.
+        max_inflight: at most this many calls outstanding (then reports keep buffering).
+        max_buffer: reports kept while the actor is unreachable; the oldest are dropped beyond.
+        init_timeout_s: how long the constructor waits for the actor's first weights
+            (the only blocking call besides :meth:`drain` and :meth:`refresh`).
+        actor: an actor handle to use instead of looking it up by name.
+
+    ``weights`` is read by the :class:`~tce_ray.sampling.TiltedBatchSampler` once per batch;
+    the training loop calls :meth:`report` once per batch and :meth:`step` once per step.
+    Not thread-safe (the sampler runs in the training process's main thread).
+    """
+
+    def __init__(
+        self,
+        run_name: str,
+        *,
+        sync_every: int = 1,
+        max_inflight: int = 4,
+        max_buffer: int = 100_000,
+        init_timeout_s: float = 120.0,
+        actor: "ray.actor.ActorHandle | None" = None,
+    ) -> None:
+        if sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        if max_buffer < 1:
+            raise ValueError(f"max_buffer must be >= 1, got {max_buffer}")
+        self.run_name = run_name
+        self.sync_every = int(sync_every)
+        self.max_inflight = int(max_inflight)
+        self.max_buffer = int(max_buffer)
+        self._actor = actor if actor is not None else find_weight_actor(run_name, init_timeout_s)
+        self._weights, self._version = self._initial_weights(init_timeout_s)
+        self._weights_step = 0  # the client step after which the cached weights were requested
+        self._step = 0
+        # outstanding report_and_get calls: (ref, classes, losses, step issued), oldest first
+        self._inflight: deque[tuple[ray.ObjectRef, list[int], list[float], int]] = deque()
+        self._buf_classes: deque[int] = deque()
+        self._buf_losses: deque[float] = deque()
+        self.reports_sent = 0
+        self.reports_dropped = 0
+        self.reports_requeued = 0
+        self.actor_errors = 0
+        self.refreshes = 0
+        self.max_weight_age_steps = 0
+
+    def _initial_weights(self, timeout_s: float) -> tuple[np.ndarray, int]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                w, v = ray.get(self._actor.get_weights_versioned.remote(), timeout=max(1.0, timeout_s))
+                return self._frozen(w), int(v)
+            except (RayActorError, GetTimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"class-weight actor {actor_name(self.run_name)!r} did not answer within "
+                        f"{timeout_s} s ({type(e).__name__}: {e})"
+                    ) from e
+                time.sleep(0.5)
+
+    @staticmethod
+    def _frozen(w: np.ndarray) -> np.ndarray:
+        w = np.array(w, dtype=np.float64, copy=True)
+        w.setflags(write=False)
+        return w
+
+    # -- the worker-facing API ----------------------------------------------------------
+    @property
+    def weights(self) -> np.ndarray:
+        """The cached sampling weights (read-only); picks up a finished reply without waiting."""
+        self._reap(timeout=0.0)
+        self.max_weight_age_steps = max(self.max_weight_age_steps, self._step - self._weights_step)
+        return self._weights
+
+    @property
+    def version(self) -> int:
+        """``num_updates`` of the actor's state the cached weights were computed from."""
+        return self._version
+
+    @property
+    def actor(self) -> "ray.actor.ActorHandle":
+        return self._actor
+
+    def report(self, cls: int, loss: float) -> None:
+        """Buffer one ``(class, signal)`` report; sent at the next sync point (never blocks)."""
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise ValueError(f"tilt signal must be finite, got {loss} for class {cls}")
+        self._buf_classes.append(int(cls))
+        self._buf_losses.append(loss)
+        self._trim_buffer()
+
+    def step(self) -> None:
+        """Advance one training step; every ``sync_every`` steps :meth:`sync`."""
+        self._step += 1
+        if self._step % self.sync_every == 0:
+            self.sync()
+
+    def sync(self) -> None:
+        """Send the buffered reports with a request for fresh weights (one call; never blocks).
+
+        Skipped while ``max_inflight`` calls are outstanding: the reports stay buffered and
+        the outstanding replies bring the weights.
+        """
+        self._reap(timeout=0.0)
+        if len(self._inflight) >= self.max_inflight:
+            return
+        classes, losses = list(self._buf_classes), list(self._buf_losses)
+        try:
+            ref = self._actor.report_and_get.remote(classes, losses)
+        except RayActorError:  # submission itself can fail for a dead handle
+            self.actor_errors += 1
+            return
+        self._buf_classes.clear()
+        self._buf_losses.clear()
+        self._inflight.append((ref, classes, losses, self._step))
+
+    def drain(self, timeout_s: float = 30.0) -> bool:
+        """Send everything and wait (up to ``timeout_s``) until every report reached the actor.
+
+        Used before a checkpoint so that the saved state contains every report up to that
+        step; the cached weights are fresh afterwards. Returns False (and keeps the
+        undelivered reports) if the actor did not answer in time.
+        """
+        deadline = time.monotonic() + timeout_s
+        sent = False
+        while True:
+            if self._buf_classes or not sent:
+                self.sync()
+                sent = True
+            self._reap(timeout=max(0.0, deadline - time.monotonic()))
+            if not self._inflight and not self._buf_classes:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            if self._buf_classes and not self._inflight:
+                time.sleep(0.2)  # the actor refused the last call (restarting): try again shortly
+
+    def refresh(self, timeout_s: float = 30.0) -> bool:
+        """Fetch fresh weights now (sending buffered reports), waiting up to ``timeout_s``."""
+        return self.drain(timeout_s)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: reports sent / dropped / requeued / buffered / in flight, calls in flight,
+        actor errors, refreshes, the cached weights' version and their largest age (steps)."""
+        return {
+            "reports_sent": self.reports_sent,
+            "reports_dropped": self.reports_dropped,
+            "reports_requeued": self.reports_requeued,
+            "reports_buffered": len(self._buf_classes),
+            "reports_inflight": sum(len(c) for _, c, _, _ in self._inflight),
+            "calls_inflight": len(self._inflight),
+            "actor_errors": self.actor_errors,
+            "refreshes": self.refreshes,
+            "weights_version": self._version,
+            "max_weight_age_steps": self.max_weight_age_steps,
+        }
+
+    # -- internals ----------------------------------------------------------------------
+    def _trim_buffer(self) -> None:
+        while len(self._buf_classes) > self.max_buffer:
+            self._buf_classes.popleft()
+            self._buf_losses.popleft()
+            self.reports_dropped += 1
+
+    def _reap(self, timeout: float) -> None:
+        """Collect finished calls: adopt the newest weights, requeue reports the actor lost."""
+        if not self._inflight:
+            return
+        refs = [r for r, _, _, _ in self._inflight]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if not ready:
+            return
+        ready_set = set(ready)
+        keep: deque = deque()
+        requeue_c: list[int] = []
+        requeue_l: list[float] = []
+        for item in self._inflight:
+            ref, classes, losses, issued = item
+            if ref not in ready_set:
+                keep.append(item)
+                continue
+            try:
+                w, v = ray.get(ref)
+            except RayActorError as e:  # died or restarting: the call was not applied (no retries)
+                self.actor_errors += 1
+                self.reports_requeued += len(classes)
+                requeue_c.extend(classes)
+                requeue_l.extend(losses)
+                logger.warning("class-weight actor unavailable (%s); %d reports requeued", type(e).__name__, len(classes))
+                continue
+            except Exception as e:  # the actor rejected the reports (a bug): never retry them
+                self.actor_errors += 1
+                self.reports_dropped += len(classes)
+                logger.error("class-weight actor rejected %d reports: %s", len(classes), e)
+                continue
+            self.reports_sent += len(classes)
+            if issued >= self._weights_step:  # calls complete in order; never go back in time
+                self._weights, self._version, self._weights_step = self._frozen(w), int(v), issued
+                self.refreshes += 1
+        self._inflight = keep
+        if requeue_c:  # older than what is buffered: put them first, keep the order
+            self._buf_classes.extendleft(reversed(requeue_c))
+            self._buf_losses.extendleft(reversed(requeue_l))
+            self._trim_buffer()
+
+
+def call_with_retry(method: Any, *args: Any, timeout_s: float = 120.0) -> Any:
+    """``ray.get(method.remote(*args))``, retried while the actor is restarting (blocking).
+
+    For the few calls outside training steps (restore, checkpoint); raises the last
+    ``RayActorError`` after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(method.remote(*args), timeout=timeout_s)
+        except RayActorError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
