@@ -40,9 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch_size or (8 if args.gpu else 4)
     steps = args.steps or (8 if args.quick else 60)
     num_images = max(4 * batch * workers, 32)
+    cpus = os.cpu_count() or 2
+    # on a GPU machine the synthetic scenes are generated on the fly: give the loaders the CPUs
+    cpus_per_worker = max(1, (cpus - 2) // workers) if args.gpu else 1
+    loader_workers = max(1, cpus_per_worker - 2) if args.gpu else 1
     if not ray.is_initialized():
-        cpus = os.cpu_count() or 2
-        ray.init(num_cpus=max(cpus, workers + 2), log_to_driver=False, include_dashboard=False)
+        ray.init(num_cpus=max(cpus, workers * cpus_per_worker + 1), log_to_driver=False, include_dashboard=False)
 
     rows = []
     storage = tempfile.mkdtemp(prefix="tce-bench-train-")
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data": {
                     "name": "synthetic",
                     "options": {"num_images": num_images, "image_size": size, "seed": 0},
-                    "loader_workers": 4 if args.gpu else 1,
+                    "loader_workers": loader_workers,
                 },
                 "model": {"backbone": args.backbone},
                 "loss": {"name": loss, "t": 1.0, "gamma": 0.2, "tilt_signal": "class"},
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                     "eval_every": steps,
                     "num_workers": workers,
                     "use_gpu": args.gpu,
-                    "cpus_per_worker": 4 if args.gpu else 1,
+                    "cpus_per_worker": cpus_per_worker,
                     "max_failures": 0,
                 },
             }
