@@ -667,6 +667,8 @@ def _check_data_root(cfg: StudyConfig, lines: dict[tuple[Any, ...], int], file: 
             f"no {d.name} data at {str(root)!r} (resolved to {root.resolve()}): put {what} there{env_hint}. {howto}",
             path="data.root", line=_lookup(lines, ("data", "root")), file=file,
         )
+    # absolute, so that Ray workers (whose working directory is not the user's) find it too
+    d.root = str(root.resolve())
 
 
 def load_config(path: str | os.PathLike[str]) -> StudyConfig:
