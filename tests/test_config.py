@@ -145,7 +145,7 @@ def test_camvid_study_is_the_seeded_fairness_experiment(tmp_path, monkeypatch):
     assert cfg.data.crop_size == 160 and tuple(cfg.data.scale_range) == (0.75, 1.5)
     assert cfg.model.backbone == "tiny"
     t = cfg.train
-    assert (t.num_workers, t.batch_size, t.eval_every, t.cpus_per_worker) == (1, 8, 500, 1)
+    assert (t.num_workers, t.batch_size, t.eval_every, t.cpus_per_worker) == (1, 8, 400, 1)
     assert cfg.resources.max_concurrent_trials == 2
     assert cfg.search.seeds == [0, 1, 2]
     got = [(c.name, c.t, c.tilt_signal) for c in cfg.search.configurations]
@@ -159,7 +159,7 @@ def test_camvid_study_is_the_seeded_fairness_experiment(tmp_path, monkeypatch):
     runs = [cfg.run_for(c.settings()) for c in cfg.search.configurations]
     assert all(r.loss.gamma == 0.1 for r in runs if r.loss.name == "tce_stochastic")
     s = cfg.search
-    assert s.num_samples == 8 and s.losses == ["tce_stochastic", "tce_class"]
+    assert s.num_samples == 6 and s.losses == ["tce_stochastic", "tce_class"]
     assert (s.t.low, s.t.high, s.t.log) == (0.05, 5.0, True)
     assert (s.gamma.low, s.gamma.high) == (0.05, 1.0) and s.tilt_signal == ["batch", "class"]
     assert s.total_trials() == 8 * 3 + 8
