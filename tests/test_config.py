@@ -162,7 +162,7 @@ def test_camvid_study_is_the_seeded_fairness_experiment(tmp_path, monkeypatch):
     assert s.num_samples == 6 and s.losses == ["tce_stochastic", "tce_class"]
     assert (s.t.low, s.t.high, s.t.log) == (0.05, 5.0, True)
     assert (s.gamma.low, s.gamma.high) == (0.05, 1.0) and s.tilt_signal == ["batch", "class"]
-    assert s.total_trials() == 8 * 3 + 8
+    assert s.total_trials() == 8 * 3 + 6
 
 
 def test_missing_name_and_empty_study(tmp_path):
