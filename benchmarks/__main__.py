@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n=== summary")
     print(f"{'benchmark':<18} {'exit':>4} {'wall s':>8}  output")
     for name, rc, wall in summary:
-        print(f"{name:<18} {rc:>4} {wall:>8.1f}  benchmarks/out/{name}*.json")
+        print(f"{name:<18} {rc:>4} {wall:>8.1f}  benchmarks/out/")
     return 0 if all(rc == 0 for _, rc, _ in summary) else 1
 
 
