@@ -331,6 +331,15 @@ def _plt():
     return plt
 
 
+
+def _label_objective_axes(ax: Any, modes: dict[str, str], objectives: Sequence[str], suffix: str = "") -> None:
+    """Label a Pareto plot's axes with the first two objectives and their directions."""
+    x, y = objectives[0], objectives[1]
+    ax.set_xlabel(f"{x} ({'↑' if modes[x] == 'max' else '↓'}){suffix}")
+    ax.set_ylabel(f"{y} ({'↑' if modes[y] == 'max' else '↓'}){suffix}")
+    if len(objectives) > 2:
+        ax.set_title(f"first two of {len(objectives)} objectives", fontsize=8)
+
 def plot_pareto(tables: StudyTables, path: Path) -> bool:
     """Scatter of the first two objectives (all trials grey, the front highlighted); one
     objective: a bar per trial. Returns False when nothing can be drawn."""
@@ -355,11 +364,7 @@ def plot_pareto(tables: StudyTables, path: Path) -> bool:
         ax.plot(front[x], front[y], "o-", c="C3", label="Pareto front")
         for r in done.to_dict("records"):
             ax.annotate(r["label"], (r[x], r[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        modes = tables.objectives
-        ax.set_xlabel(f"{x} ({'↑' if modes[x] == 'max' else '↓'})")
-        ax.set_ylabel(f"{y} ({'↑' if modes[y] == 'max' else '↓'})")
-        if len(objectives) > 2:
-            ax.set_title(f"first two of {len(objectives)} objectives", fontsize=8)
+        _label_objective_axes(ax, tables.objectives, objectives)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -429,11 +434,7 @@ def plot_pareto_groups(tables: StudyTables, groups: pd.DataFrame, path: Path) ->
                         fmt="o", ms=4, capsize=3, color=cmap(j % cmap.N), label=f"{r['label']} (n={r['n']})")
         front = g[g["pareto_rank"] == 0].sort_values(f"{x}/mean")
         ax.plot(front[f"{x}/mean"], front[f"{y}/mean"], "-", c="C3", lw=1, alpha=0.6, label="front of the means")
-        modes = tables.objectives
-        ax.set_xlabel(f"{x} ({'↑' if modes[x] == 'max' else '↓'}), mean ± std over seeds")
-        ax.set_ylabel(f"{y} ({'↑' if modes[y] == 'max' else '↓'}), mean ± std over seeds")
-        if len(objectives) > 2:
-            ax.set_title(f"first two of {len(objectives)} objectives", fontsize=8)
+        _label_objective_axes(ax, tables.objectives, objectives, ", mean ± std over seeds")
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
