@@ -101,7 +101,7 @@ def main() -> None:
     calls_single = 200 if args.quick else 1000
     calls_batched = 50 if args.quick else 200
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         ray.get([latency_probe.remote(None, 0, 0.0) for _ in range(REPORTERS + 1)])  # start the worker processes
         single, _ = throughput(1, calls_single)

@@ -157,7 +157,7 @@ def main() -> None:
         parser.error("--steps must exceed --warmup by at least 20")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     torch.set_num_threads(1)
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}})
     configs = [("mcce", None)] + [("tce_stochastic", k) for k in args.weight_sync_every]
     rows: list[dict] = []

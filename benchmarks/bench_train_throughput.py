@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus_per_worker = max(1, (cpus - 2) // workers) if args.gpu else 1
     loader_workers = max(1, cpus_per_worker - 2) if args.gpu else 1
     if not ray.is_initialized():
-        ray.init(num_cpus=max(cpus, workers * cpus_per_worker + 1), log_to_driver=False, include_dashboard=False)
+        ray.init(address="local", num_cpus=max(cpus, workers * cpus_per_worker + 1), log_to_driver=False, include_dashboard=False)
 
     rows = []
     storage = tempfile.mkdtemp(prefix="tce-bench-train-")

@@ -154,6 +154,7 @@ def _ensure_ray(address: str | None, dashboard: bool, *, quiet: bool = False) ->
         ctx = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
         ctx = ray.init(
+            address="local",  # a new local Ray, even where `ray start` left a cluster (use --address auto)
             include_dashboard=True,  # the State API frees placement groups of stopped trials
             dashboard_host="127.0.0.1",
             dashboard_port=None,  # 8265, or the next free port when another Ray holds it

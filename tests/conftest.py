@@ -27,6 +27,7 @@ def ray_session():
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a cluster another process started with `ray start`
             num_cpus=4,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
