@@ -23,7 +23,8 @@ import torch
 
 from tce_ray.checkpointing import load_training_state
 from tce_ray.runspec import RunSpec
-from tce_ray.train import WEIGHT_SNAPSHOT, run_state_dir, run_training, worker_pid_file
+from tce_ray.train import WEIGHT_SNAPSHOT, run_state_dir, run_training
+from tce_ray.worker_loop import worker_pid_file
 from tce_ray.weights_actor import actor_name, read_snapshot, state_hash
 
 torch.set_num_threads(1)

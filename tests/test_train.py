@@ -19,18 +19,15 @@ from tce_ray.models import deeplabv3plus
 from tce_ray.objectives import get_objective
 from tce_ray.runspec import RunSpec
 from tce_ray.sampling import ClassIndex
-from tce_ray.train import (
+from tce_ray.train import build_trainer, make_loss, run_state_dir, run_training, start_weight_actor, trainer_config
+from tce_ray.worker_loop import (
     FATAL_MARKER,
-    _Debug,
+    NO_HOOKS,
+    FaultInjection,
     _epoch_batches,
     build_datasets,
-    build_trainer,
-    make_loss,
+    make_hooks,
     poly_lr,
-    run_state_dir,
-    run_training,
-    start_weight_actor,
-    trainer_config,
     train_loop_per_worker,
 )
 from tce_ray.weights_actor import actor_name, state_hash
@@ -168,9 +165,13 @@ def test_trainer_config_and_a_stale_fatal_marker(tmp_path):
 
 
 def test_debug_options_are_checked():
-    assert _Debug.parse({"nan_at_step": 3}).nan_at_step == 3
+    hooks = make_hooks({"nan_at_step": 3}, restored=False, rank=0)
+    assert isinstance(hooks, FaultInjection) and hooks.nan_at_step == 3
+    assert make_hooks(None, restored=False, rank=0) is NO_HOOKS and make_hooks({}, restored=True, rank=1) is NO_HOOKS
     with pytest.raises(ValueError, match="unknown debug option"):
-        _Debug.parse({"nan_step": 3})
+        make_hooks({"nan_step": 3}, restored=False, rank=0)
+    with pytest.raises(ValueError, match="unknown debug option"):
+        trainer_config(tiny_run("mcce"), name="x", storage_path="/tmp", debug={"nan_step": 3})
     with pytest.raises(TypeError, match="RunSpec"):
         build_trainer({"train": {}}, name="x", storage_path="/tmp")  # type: ignore[arg-type]
 
