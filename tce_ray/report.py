@@ -30,6 +30,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .results import CRITERIA, StudyTables, group_table, local_output_dir, read_tables, reference_group
+from .results import (
+    CRITERIA,
+    StudyTables,
+    group_key,
+    group_label,
+    group_table,
+    local_output_dir,
+    mean_iou_percent,
+    read_tables,
+    reference_group,
+)
 
 __all__ = [
     "build_report", "render_markdown", "reference_trial", "reference_iou", "class_columns", "fmt", "fmt_pm",
@@ -87,14 +98,11 @@ def reference_iou(trials: pd.DataFrame) -> tuple[np.ndarray | None, str]:
     cols = class_columns(trials)
     if key is None or not cols:
         return None, ""
-    from .results import group_key, group_label, mean_std
-
-    keys = [group_key(r) for r in trials.to_dict("records")]
-    g = trials[[k == key for k in keys]]
-    done = g[g["status"] == "completed"]
-    vec = np.array([mean_std(done[c].to_numpy(dtype=np.float64))[0] for c in cols]) * 100.0
-    if np.all(np.isnan(vec)):
+    g = trials[[group_key(r) == key for r in trials.to_dict("records")]]
+    vec = mean_iou_percent(g, cols)
+    if vec is None:
         return None, ""
+    done = g[g["status"] == "completed"]
     label = group_label(g)[0]
     if len(done) == 1:
         desc = f"trial `{done.iloc[0]['trial_id']}` ({label})"
@@ -125,17 +133,63 @@ def _with_iou(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[has]
 
 
+@dataclass(frozen=True)
+class _Classes:
+    """The report's per-class columns (``iou/<class>``), their names and display order
+    (by the MCCE reference's IoU, lowest first, when there is a reference)."""
+
+    cols: list[str]
+    names: list[str]
+    order: list[int]
+    ref_vec: np.ndarray | None
+    ref_desc: str
+
+    @classmethod
+    def of(cls, trials: pd.DataFrame) -> "_Classes":
+        cols = class_columns(trials)
+        ref_vec, ref_desc = reference_iou(trials)
+        return cls(cols, [c[len("iou/"):] for c in cols], _sorted_order(ref_vec, len(cols)), ref_vec, ref_desc)
+
+    @property
+    def sorted_names(self) -> list[str]:
+        return [self.names[i] for i in self.order]
+
+    def sorted_by(self, what: str) -> list[str]:
+        """The sentence saying how the columns are ordered (``what``: "IoU" or "mean IoU")."""
+        if self.ref_vec is None:
+            return ["No completed MCCE trial: columns in class order.", ""]
+        return [f"Columns sorted by the MCCE reference's {what} ({self.ref_desc}), lowest first.", ""]
+
+
+_NO_REFERENCE = "No completed MCCE trial, so the sorted bottom/top 25% criteria (which need a reference) are left out."
+
+
 def render_markdown(tables: StudyTables, plots: Sequence[str] = (), groups: pd.DataFrame | None = None) -> str:
     """The report's Markdown text (``groups``: :func:`~tce_ray.results.group_table` of the
-    trials, computed when not given)."""
-    from .metrics import fairness_report
-
-    trials, meta = tables.trials, tables.meta
+    trials, computed when not given): one function per section, in this order."""
+    trials = tables.trials
     objectives = tables.objectives or {}
     if groups is None:
         groups = group_table(trials, objectives) if len(trials) else pd.DataFrame()
-    name = meta.get("name", "study")
-    out: list[str] = [f"# Study `{name}`", ""]
+    classes = _Classes.of(trials)
+    out = _summary_section(tables, objectives)
+    if has_seed_groups(groups):
+        g = groups[groups["n"] > 0]
+        out += _groups_section(g, objectives)
+        if classes.cols:
+            out += _groups_per_class_section(g, classes) + _groups_table3_section(g, classes)
+    out += _trials_section(trials, objectives) + _pareto_section(tables.pareto, objectives)
+    with_iou = _with_iou(trials)
+    if classes.cols and len(with_iou):
+        out += _per_class_section(with_iou, classes) + _table3_section(with_iou, classes)
+    out += _failures_section(trials) + _plots_section(plots)
+    return "\n".join(out)
+
+
+def _summary_section(tables: StudyTables, objectives: dict[str, str]) -> list[str]:
+    """Title, trial counts by status, objectives, sampler and scheduler."""
+    trials, meta = tables.trials, tables.meta
+    out = [f"# Study `{meta.get('name', 'study')}`", ""]
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     out.append(
         f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "."
@@ -152,20 +206,11 @@ def render_markdown(tables: StudyTables, plots: Sequence[str] = (), groups: pd.D
             "Note: trials stopped early by the scheduler are told to Optuna as complete with "
             "their partial values; they are left out of the Pareto front below."
         )
-    out.append("")
+    return out + [""]
 
-    cols = class_columns(trials)
-    names = [c[len("iou/"):] for c in cols]
-    ref_vec, ref_desc = reference_iou(trials)
-    order = list(range(len(cols)))
-    if ref_vec is not None:
-        order = [i for _, i in sorted((np.inf if math.isnan(ref_vec[i]) else ref_vec[i], i) for i in order)]
 
-    if has_seed_groups(groups):
-        out += _render_groups(groups, objectives, cols, names, order, ref_vec, ref_desc)
-
-    # --- trials
-    out += ["## Trials", ""]
+def _trials_section(trials: pd.DataFrame, objectives: dict[str, str]) -> list[str]:
+    """Every trial: status, objectives, mIoU, Pareto rank."""
     header = ["#", "trial", "settings", "status"] + list(objectives) + ["mIoU", "Pareto rank"]
     rows = []
     for i, r in enumerate(trials.to_dict("records")):
@@ -174,96 +219,87 @@ def render_markdown(tables: StudyTables, plots: Sequence[str] = (), groups: pd.D
             + [fmt(r.get(n), 4) for n in objectives]
             + [fmt(r.get("miou"), 4), r.get("pareto_rank", -1) if r.get("pareto_rank", -1) >= 0 else "–"]
         )
-    out += [_md_table(header, rows), ""]
+    return ["## Trials", "", _md_table(header, rows), ""]
 
-    # --- Pareto front
-    out += ["## Pareto front", ""]
-    front = tables.pareto
-    if len(front):
-        out.append("Non-dominated completed trials (each objective in its own direction):")
-        out.append("")
-        out.append(
-            _md_table(
-                ["trial", "settings"] + list(objectives),
-                [[r["trial_id"], r.get("label", "")] + [fmt(r.get(n), 4) for n in objectives] for r in front.to_dict("records")],
-            )
-        )
+
+def _pareto_section(front: pd.DataFrame, objectives: dict[str, str]) -> list[str]:
+    """The non-dominated completed trials."""
+    out = ["## Pareto front", ""]
+    if not len(front):
+        return out + ["No completed trial with finite objectives.", ""]
+    rows = [[r["trial_id"], r.get("label", "")] + [fmt(r.get(n), 4) for n in objectives] for r in front.to_dict("records")]
+    return out + [
+        "Non-dominated completed trials (each objective in its own direction):",
+        "",
+        _md_table(["trial", "settings"] + list(objectives), rows),
+        "",
+    ]
+
+
+def _per_class_section(with_iou: pd.DataFrame, classes: _Classes) -> list[str]:
+    """Per-class IoU in percent of every trial that has one."""
+    rows = [
+        [r.get("label", r["trial_id"])] + [fmt(100.0 * r[classes.cols[i]]) for i in classes.order]
+        for r in with_iou.to_dict("records")
+    ]
+    return ["## Per-class IoU (%)", ""] + classes.sorted_by("IoU") + [_md_table(["trial"] + classes.sorted_names, rows), ""]
+
+
+def _table3_section(with_iou: pd.DataFrame, classes: _Classes) -> list[str]:
+    """The paper's Table 3 criteria of every trial (``fairness_report`` with the MCCE reference)."""
+    from .metrics import fairness_report
+
+    ref_vec = classes.ref_vec
+    out = ["## Fairness criteria (the paper's Table 3)", ""]
+    if ref_vec is None:
+        out += [_NO_REFERENCE, ""]
     else:
-        out.append("No completed trial with finite objectives.")
-    out.append("")
-
-    # --- per-class IoU and Table 3
-    with_iou = _with_iou(trials)
-    if cols and len(with_iou):
-        out += ["## Per-class IoU (%)", ""]
+        out += [f"Sorted bottom/top 25%: classes ordered by the MCCE reference's IoU ({classes.ref_desc}).", ""]
+    header = ["trial", "mIoU"] + (["sorted bottom 25%", "sorted top 25%"] if ref_vec is not None else [])
+    header += ["p25 (mean ≤)", "p75 (mean ≥)", "worst", "std"]
+    rows, absent_notes = [], []
+    for r in with_iou.to_dict("records"):
+        u = np.array([r[c] for c in classes.cols], dtype=np.float64) * 100.0
+        if np.all(np.isnan(u)):
+            continue
+        rep = fairness_report(u, reference=ref_vec, class_names=classes.names)
+        label = r.get("label", r["trial_id"])
+        row = [label, fmt(rep["miou"])]
         if ref_vec is not None:
-            out += [f"Columns sorted by the MCCE reference's IoU ({ref_desc}), lowest first.", ""]
-        else:
-            out += ["No completed MCCE trial: columns in class order.", ""]
-        rows = []
-        for r in with_iou.to_dict("records"):
-            rows.append([r.get("label", r["trial_id"])] + [fmt(100.0 * r[cols[i]]) for i in order])
-        out += [_md_table(["trial"] + [names[i] for i in order], rows), ""]
+            row += [fmt(rep["sorted_bottom25"]), fmt(rep["sorted_top25"])]
+        row += [
+            f"{fmt(rep['p25'])} ({fmt(rep['p25_mean'])})",
+            f"{fmt(rep['p75'])} ({fmt(rep['p75_mean'])})",
+            f"{fmt(rep['worst'])} ({rep['worst_class']})",
+            fmt(rep["std"]),
+        ]
+        rows.append(row)
+        if rep["absent"]:
+            absent_notes.append(f"- {label}: {', '.join(map(str, rep['absent']))}")
+    out += [_md_table(header, rows), ""]
+    out.append("std is the sample standard deviation (ddof = 1); absent classes (union 0) are excluded everywhere.")
+    if absent_notes:
+        out += ["", "Classes absent from the evaluation (excluded):", *absent_notes]
+    return out + [""]
 
-        out += ["## Fairness criteria (the paper's Table 3)", ""]
-        if ref_vec is None:
-            out += ["No completed MCCE trial, so the sorted bottom/top 25% criteria (which need a reference) are left out.", ""]
-        else:
-            out += [f"Sorted bottom/top 25%: classes ordered by the MCCE reference's IoU ({ref_desc}).", ""]
-        header = ["trial", "mIoU"]
-        if ref_vec is not None:
-            header += ["sorted bottom 25%", "sorted top 25%"]
-        header += ["p25 (mean ≤)", "p75 (mean ≥)", "worst", "std"]
-        rows = []
-        absent_notes = []
-        for r in with_iou.to_dict("records"):
-            u = np.array([r[c] for c in cols], dtype=np.float64) * 100.0
-            if np.all(np.isnan(u)):
-                continue
-            rep = fairness_report(u, reference=ref_vec, class_names=names)
-            row = [r.get("label", r["trial_id"]), fmt(rep["miou"])]
-            if ref_vec is not None:
-                row += [fmt(rep["sorted_bottom25"]), fmt(rep["sorted_top25"])]
-            row += [
-                f"{fmt(rep['p25'])} ({fmt(rep['p25_mean'])})",
-                f"{fmt(rep['p75'])} ({fmt(rep['p75_mean'])})",
-                f"{fmt(rep['worst'])} ({rep['worst_class']})",
-                fmt(rep["std"]),
-            ]
-            rows.append(row)
-            if rep["absent"]:
-                absent_notes.append(f"- {r.get('label', r['trial_id'])}: {', '.join(map(str, rep['absent']))}")
-        out += [_md_table(header, rows), ""]
-        out.append("std is the sample standard deviation (ddof = 1); absent classes (union 0) are excluded everywhere.")
-        if absent_notes:
-            out += ["", "Classes absent from the evaluation (excluded):", *absent_notes]
-        out.append("")
 
-    # --- failures
+def _failures_section(trials: pd.DataFrame) -> list[str]:
+    """The failed trials with their one-line errors (nothing when none failed)."""
     failed = trials[trials["status"] == "failed"] if len(trials) else trials
-    if len(failed):
-        out += ["## Failed trials", ""]
-        out += [_md_table(["trial", "settings", "error"], [[r["trial_id"], r.get("label", ""), r["error"]] for r in failed.to_dict("records")]), ""]
-
-    if plots:
-        out += ["## Plots", ""]
-        for p in plots:
-            out.append(f"![{Path(p).stem}]({p})")
-        out.append("")
-    return "\n".join(out)
+    if not len(failed):
+        return []
+    rows = [[r["trial_id"], r.get("label", ""), r["error"]] for r in failed.to_dict("records")]
+    return ["## Failed trials", "", _md_table(["trial", "settings", "error"], rows), ""]
 
 
-def _render_groups(
-    groups: pd.DataFrame,
-    objectives: dict[str, str],
-    cols: list[str],
-    names: list[str],
-    order: list[int],
-    ref_vec: np.ndarray | None,
-    ref_desc: str,
-) -> list[str]:
-    """The grouped sections: objectives, per-class IoU and Table 3 as mean ± std over seeds."""
-    g = groups[groups["n"] > 0]
+def _plots_section(plots: Sequence[str]) -> list[str]:
+    if not plots:
+        return []
+    return ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+
+
+def _groups_section(g: pd.DataFrame, objectives: dict[str, str]) -> list[str]:
+    """The groups (a configuration's seeds): objectives and mIoU as mean ± std, group Pareto rank."""
     out = [
         "## Configurations over seeds (mean ± std)",
         "",
@@ -283,40 +319,44 @@ def _render_groups(
             + [fmt_pm(r.get(f"{n}/mean"), r.get(f"{n}/std"), 4) for n in objectives]
             + [fmt_pm(r.get("miou/mean"), r.get("miou/std"), 4), rank if rank >= 0 else "–"]
         )
-    out += [_md_table(header, rows), ""]
+    return out + [_md_table(header, rows), ""]
 
-    if cols:
-        out += ["## Per-class IoU (%), mean ± std over seeds", ""]
-        if ref_vec is not None:
-            out += [f"Columns sorted by the MCCE reference's mean IoU ({ref_desc}), lowest first.", ""]
-        else:
-            out += ["No completed MCCE trial: columns in class order.", ""]
-        rows = [
-            [r["label"]] + [fmt_pm(100.0 * r[f"{cols[i]}/mean"], 100.0 * r[f"{cols[i]}/std"]) for i in order]
-            for r in g.to_dict("records")
-        ]
-        out += [_md_table(["group"] + [names[i] for i in order], rows), ""]
 
-        out += ["## Fairness criteria (the paper's Table 3), mean ± std over seeds", ""]
-        crit = [(k, title) for k, title in CRITERIA if ref_vec is not None or not k.startswith("sorted_")]
-        if ref_vec is not None:
-            out += [
-                "Each seed's criteria are computed on its own per-class IoU; for the sorted bottom/top 25% "
-                f"the classes are ordered by the MCCE group's MEAN per-class IoU ({ref_desc}), the same "
-                "reference for every trial (the MCCE seeds included). Then mean ± std over the seeds. "
-                "p25/p75: percentiles of the trial's own IoU; mean ≤ p25 / mean ≥ p75: the mean over the "
-                "classes at or below / above them. std (last column) is each trial's spread of the "
-                "per-class IoU (ddof = 1).",
-                "",
-            ]
-        else:
-            out += ["No completed MCCE trial, so the sorted bottom/top 25% criteria (which need a reference) are left out.", ""]
-        rows = [
-            [r["label"], r["n"]] + [fmt_pm(r[f"table3/{k}/mean"], r[f"table3/{k}/std"]) for k, _ in crit]
-            for r in g.to_dict("records")
+def _groups_per_class_section(g: pd.DataFrame, classes: _Classes) -> list[str]:
+    """Per-class IoU of the groups in percent, mean ± std over seeds."""
+    cols = classes.cols
+    rows = [
+        [r["label"]] + [fmt_pm(100.0 * r[f"{cols[i]}/mean"], 100.0 * r[f"{cols[i]}/std"]) for i in classes.order]
+        for r in g.to_dict("records")
+    ]
+    return (
+        ["## Per-class IoU (%), mean ± std over seeds", ""]
+        + classes.sorted_by("mean IoU")
+        + [_md_table(["group"] + classes.sorted_names, rows), ""]
+    )
+
+
+def _groups_table3_section(g: pd.DataFrame, classes: _Classes) -> list[str]:
+    """The groups' Table 3 criteria, mean ± std over seeds (from ``group_table``)."""
+    out = ["## Fairness criteria (the paper's Table 3), mean ± std over seeds", ""]
+    crit = [(k, title) for k, title in CRITERIA if classes.ref_vec is not None or not k.startswith("sorted_")]
+    if classes.ref_vec is not None:
+        out += [
+            "Each seed's criteria are computed on its own per-class IoU; for the sorted bottom/top 25% "
+            f"the classes are ordered by the MCCE group's MEAN per-class IoU ({classes.ref_desc}), the same "
+            "reference for every trial (the MCCE seeds included). Then mean ± std over the seeds. "
+            "p25/p75: percentiles of the trial's own IoU; mean ≤ p25 / mean ≥ p75: the mean over the "
+            "classes at or below / above them. std (last column) is each trial's spread of the "
+            "per-class IoU (ddof = 1).",
+            "",
         ]
-        out += [_md_table(["group", "n"] + [title for _, title in crit], rows), ""]
-    return out
+    else:
+        out += [_NO_REFERENCE, ""]
+    rows = [
+        [r["label"], r["n"]] + [fmt_pm(r[f"table3/{k}/mean"], r[f"table3/{k}/std"]) for k, _ in crit]
+        for r in g.to_dict("records")
+    ]
+    return out + [_md_table(["group", "n"] + [title for _, title in crit], rows), ""]
 
 
 # --------------------------------------------------------------------------- plots
@@ -331,6 +371,17 @@ def _plt():
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path, dpi: int = 120) -> bool:
+    """Lay out, write and close ``fig``; True (a plot was made)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return True
+
+
+def _cmap(plt: Any, n: int) -> Any:
+    return plt.get_cmap("tab20" if n > 10 else "tab10")
+
 
 def _label_objective_axes(ax: Any, modes: dict[str, str], objectives: Sequence[str], suffix: str = "") -> None:
     """Label a Pareto plot's axes with the first two objectives and their directions."""
@@ -339,6 +390,19 @@ def _label_objective_axes(ax: Any, modes: dict[str, str], objectives: Sequence[s
     ax.set_ylabel(f"{y} ({'↑' if modes[y] == 'max' else '↓'}){suffix}")
     if len(objectives) > 2:
         ax.set_title(f"first two of {len(objectives)} objectives", fontsize=8)
+
+
+def _class_axes(plt: Any, cols: list[str]) -> tuple[Any, Any]:
+    """A figure wide enough for one tick per class."""
+    return plt.subplots(figsize=(max(6, 0.45 * len(cols) + 2), 4.5))
+
+
+def _label_class_axes(ax: Any, cols: list[str], order: list[int], ylabel: str, title: str) -> None:
+    ax.set_xticks(np.arange(len(cols)), [cols[i][4:] for i in order], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6)
+
 
 def plot_pareto(tables: StudyTables, path: Path) -> bool:
     """Scatter of the first two objectives (all trials grey, the front highlighted); one
@@ -366,10 +430,7 @@ def plot_pareto(tables: StudyTables, path: Path) -> bool:
             ax.annotate(r["label"], (r[x], r[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         _label_objective_axes(ax, tables.objectives, objectives)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_per_class(tables: StudyTables, path: Path) -> bool:
@@ -378,27 +439,22 @@ def plot_per_class(tables: StudyTables, path: Path) -> bool:
     cols = class_columns(tables.trials)
     if t.empty or not cols:
         return False
-    rv, _ = reference_iou(tables.trials)
-    ref = rv
-    order = _sorted_order(rv, len(cols))
+    ref, _ = reference_iou(tables.trials)
+    order = _sorted_order(ref, len(cols))
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(cols) + 2), 4.5))
+    fig, ax = _class_axes(plt, cols)
     x = np.arange(len(cols))
-    cmap = plt.get_cmap("tab20" if len(t) > 10 else "tab10")
+    cmap = _cmap(plt, len(t))
     for j, r in enumerate(t.to_dict("records")):
         ax.plot(x, [100.0 * r[cols[i]] for i in order], "o-", ms=3, color=cmap(j % cmap.N),
                 label=r.get("label", r["trial_id"]))
-    ax.set_xticks(x, [cols[i][4:] for i in order], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("IoU (%)")
-    ax.set_title("per-class IoU" + (" (sorted by the MCCE reference)" if ref is not None else ""), fontsize=9)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    title = "per-class IoU" + (" (sorted by the MCCE reference)" if ref is not None else "")
+    _label_class_axes(ax, cols, order, "IoU (%)", title)
+    return _save(plt, fig, path)
 
 
 def _sorted_order(ref_vec: np.ndarray | None, k: int) -> list[int]:
+    """Class indices by the reference's IoU, lowest first, NaN last (class order without one)."""
     order = list(range(k))
     if ref_vec is not None:
         order = sorted(order, key=lambda i: (np.inf if math.isnan(ref_vec[i]) else ref_vec[i], i))
@@ -415,19 +471,15 @@ def plot_pareto_groups(tables: StudyTables, groups: pd.DataFrame, path: Path) ->
     g = groups[groups["n"] > 0]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
-
-    def err(col: str) -> np.ndarray:
-        return np.nan_to_num(g[col].to_numpy(dtype=np.float64), nan=0.0)
-
     if len(objectives) == 1:
         o = objectives[0]
-        ax.bar(range(len(g)), g[f"{o}/mean"], yerr=err(f"{o}/std"), capsize=3)
+        ax.bar(range(len(g)), g[f"{o}/mean"], yerr=np.nan_to_num(g[f"{o}/std"].to_numpy(dtype=np.float64)), capsize=3)
         ax.set_xticks(range(len(g)), [f"{lab} (n={n})" for lab, n in zip(g["label"], g["n"])],
                       rotation=45, ha="right", fontsize=7)
         ax.set_ylabel(f"{o} (mean ± std over seeds)")
     else:
         x, y = objectives[0], objectives[1]
-        cmap = plt.get_cmap("tab20" if len(g) > 10 else "tab10")
+        cmap = _cmap(plt, len(g))
         for j, r in enumerate(g.to_dict("records")):
             ax.errorbar(r[f"{x}/mean"], r[f"{y}/mean"],
                         xerr=np.nan_to_num(r[f"{x}/std"]), yerr=np.nan_to_num(r[f"{y}/std"]),
@@ -436,10 +488,7 @@ def plot_pareto_groups(tables: StudyTables, groups: pd.DataFrame, path: Path) ->
         ax.plot(front[f"{x}/mean"], front[f"{y}/mean"], "-", c="C3", lw=1, alpha=0.6, label="front of the means")
         _label_objective_axes(ax, tables.objectives, objectives, ", mean ± std over seeds")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_per_class_groups(tables: StudyTables, groups: pd.DataFrame, path: Path) -> bool:
@@ -451,22 +500,17 @@ def plot_per_class_groups(tables: StudyTables, groups: pd.DataFrame, path: Path)
     g = groups[groups["n"] > 0]
     order = _sorted_order(reference_iou(tables.trials)[0], len(cols))
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(cols) + 2), 4.5))
+    fig, ax = _class_axes(plt, cols)
     x = np.arange(len(cols))
-    cmap = plt.get_cmap("tab20" if len(g) > 10 else "tab10")
+    cmap = _cmap(plt, len(g))
     for j, r in enumerate(g.to_dict("records")):
         m = np.array([r[f"{cols[i]}/mean"] for i in order], dtype=np.float64) * 100.0
         e = np.nan_to_num(np.array([r[f"{cols[i]}/std"] for i in order], dtype=np.float64) * 100.0)
         ax.errorbar(x + 0.06 * (j - len(g) / 2), m, yerr=e, fmt="o-", ms=3, lw=1, capsize=2,
                     color=cmap(j % cmap.N), label=f"{r['label']} (n={r['n']})")
-    ax.set_xticks(x, [cols[i][4:] for i in order], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("IoU (%), mean ± std over seeds")
-    ax.set_title("per-class IoU of the groups (sorted by the MCCE reference)", fontsize=9)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    title = "per-class IoU of the groups (sorted by the MCCE reference)"
+    _label_class_axes(ax, cols, order, "IoU (%), mean ± std over seeds", title)
+    return _save(plt, fig, path)
 
 
 def plot_weights(tables: StudyTables, path: Path) -> bool:
@@ -480,11 +524,10 @@ def plot_weights(tables: StudyTables, path: Path) -> bool:
         return False
     labels = dict(zip(tables.trials["trial_id"], tables.trials["label"])) if len(tables.trials) else {}
     plt = _plt()
-    n = len(ids)
-    fig, axes = plt.subplots(n, 1, figsize=(7, 2.8 * n), squeeze=False)
+    fig, axes = plt.subplots(len(ids), 1, figsize=(7, 2.8 * len(ids)), squeeze=False)
+    cmap = _cmap(plt, len(wcols))
     for ax, tid in zip(axes[:, 0], ids):
         g = h[h["trial_id"] == tid].sort_values("step")
-        cmap = plt.get_cmap("tab20" if len(wcols) > 10 else "tab10")
         for j, c in enumerate(wcols):
             if g[c].notna().any():
                 ax.plot(g["step"], g[c], label=c[len("weights/"):], color=cmap(j % cmap.N), marker="o", ms=2)
@@ -492,10 +535,7 @@ def plot_weights(tables: StudyTables, path: Path) -> bool:
         ax.set_xlabel("step")
         ax.set_ylabel("sampling weight")
         ax.legend(fontsize=5, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path, dpi=110)
 
 
 def build_report(study_dir: str | Path) -> str:

@@ -54,6 +54,7 @@ __all__ = [
     "group_label",
     "group_table",
     "mean_std",
+    "mean_iou_percent",
     "reference_group",
     "CRITERIA",
     "collect_trials",
@@ -283,59 +284,79 @@ def collect_trials(
     rows: list[dict[str, Any]] = []
     histories: list[pd.DataFrame] = []
     for rec in records:
-        m = rec.metrics
-        row: dict[str, Any] = {"trial_id": rec.trial_id}
-        row.update(flatten_config(rec.config))
-        study = rec.config.get("study") if isinstance(rec.config.get("study"), dict) else {}
-        conf, number, seed = study.get("configuration"), study.get("number"), study.get("seed")
-        row["configuration"] = int(conf) if conf is not None else -1
-        row["number"] = int(number) if number is not None else -1
-        row["seed"] = int(seed) if seed is not None else int(default_seed)
-        row["step"] = _num(m.get("step"))
-        row["train_loss"] = _num(m.get("loss"))
-        row["miou"] = _num(m.get("miou"))
-        for name in objectives:
-            row[name] = _num(m.get(name))
-        for k, v in m.items():
-            if k.startswith("iou/"):
-                row[k] = _num(v)
-        error = summarize_error(rec.error) if rec.error is not None else ""
-        detail = str(rec.error)[-20000:] if rec.error is not None else ""
-        if not error and m:
-            bad = [n for n in objectives if not math.isfinite(row[n])]
-            if bad and (row["step"] >= total_steps):
-                error = f"objective(s) {', '.join(bad)} missing or not finite at the last report"
-        if error:
-            status = "failed"
-        elif not m or math.isnan(row["step"]):
-            status = "pending"
-        elif row["step"] >= total_steps:
-            status = "completed"
-        else:
-            status = stopped_status
-        row["status"] = status
-        row["error"] = error
-        row["error_detail"] = detail
-        row["path"] = rec.path
+        row = _trial_row(rec, objectives, default_seed)
+        row.update(_trial_outcome(rec, row, objectives, total_steps, stopped_status))
         rows.append(row)
         if rec.history is not None and len(rec.history):
-            h = rec.history[[c for c in rec.history.columns if _HISTORY_KEEP.match(str(c)) or c in objectives]].copy()
-            h = h.rename(columns=_METRIC_RENAME)
-            h.insert(0, "trial_id", rec.trial_id)
-            histories.append(h)
-    trials = pd.DataFrame(rows)
-    if len(trials):
-        trials = trials.sort_values(
-            ["configuration", "number", "trial_id"],
-            key=lambda s: s.map(_sort_key) if s.name in ("configuration", "number") else s,
-        ).reset_index(drop=True)
-        records = trials.to_dict("records")
-        with_seed = trials["seed"].nunique() > 1
-        trials.insert(1, "label", [trial_label(r, with_seed=with_seed) for r in records])
-        trials.insert(2, "group", [group_key(r) for r in records])
-        trials = rank_trials(trials, objectives)
+            histories.append(_trial_history(rec, objectives))
+    trials = _order_label_rank(pd.DataFrame(rows), objectives)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame({"trial_id": pd.Series([], dtype=str)})
     return trials, history
+
+
+def _trial_row(rec: TrialRecord, objectives: Mapping[str, str], default_seed: int) -> dict[str, Any]:
+    """A trial's id, flattened config, study bookkeeping and final metrics."""
+    m = rec.metrics
+    row: dict[str, Any] = {"trial_id": rec.trial_id}
+    row.update(flatten_config(rec.config))
+    study = rec.config.get("study") if isinstance(rec.config.get("study"), dict) else {}
+    conf, number, seed = study.get("configuration"), study.get("number"), study.get("seed")
+    row["configuration"] = int(conf) if conf is not None else -1
+    row["number"] = int(number) if number is not None else -1
+    row["seed"] = int(seed) if seed is not None else int(default_seed)
+    row["step"] = _num(m.get("step"))
+    row["train_loss"] = _num(m.get("loss"))
+    row["miou"] = _num(m.get("miou"))
+    for name in objectives:
+        row[name] = _num(m.get(name))
+    for k, v in m.items():
+        if k.startswith("iou/"):
+            row[k] = _num(v)
+    return row
+
+
+def _trial_outcome(
+    rec: TrialRecord, row: Mapping[str, Any], objectives: Mapping[str, str], total_steps: int, stopped_status: str
+) -> dict[str, Any]:
+    """``status``, ``error``, ``error_detail`` and ``path`` of a trial (see :func:`collect_trials`)."""
+    error = summarize_error(rec.error) if rec.error is not None else ""
+    detail = str(rec.error)[-20000:] if rec.error is not None else ""
+    if not error and rec.metrics:
+        bad = [n for n in objectives if not math.isfinite(row[n])]
+        if bad and (row["step"] >= total_steps):
+            error = f"objective(s) {', '.join(bad)} missing or not finite at the last report"
+    if error:
+        status = "failed"
+    elif not rec.metrics or math.isnan(row["step"]):
+        status = "pending"
+    elif row["step"] >= total_steps:
+        status = "completed"
+    else:
+        status = stopped_status
+    return {"status": status, "error": error, "error_detail": detail, "path": rec.path}
+
+
+def _trial_history(rec: TrialRecord, objectives: Mapping[str, str]) -> pd.DataFrame:
+    """The kept columns of a trial's reports (``_HISTORY_KEEP`` and the objectives), with its id."""
+    h = rec.history[[c for c in rec.history.columns if _HISTORY_KEEP.match(str(c)) or c in objectives]].copy()
+    h = h.rename(columns=_METRIC_RENAME)
+    h.insert(0, "trial_id", rec.trial_id)
+    return h
+
+
+def _order_label_rank(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+    """Rows in report order, with ``label``, ``group`` and ``pareto_rank`` columns."""
+    if not len(trials):
+        return trials
+    trials = trials.sort_values(
+        ["configuration", "number", "trial_id"],
+        key=lambda s: s.map(_sort_key) if s.name in ("configuration", "number") else s,
+    ).reset_index(drop=True)
+    records = trials.to_dict("records")
+    with_seed = trials["seed"].nunique() > 1
+    trials.insert(1, "label", [trial_label(r, with_seed=with_seed) for r in records])
+    trials.insert(2, "group", [group_key(r) for r in records])
+    return rank_trials(trials, objectives)
 
 
 def _sort_key(c: Any) -> int:
@@ -427,66 +448,93 @@ def group_table(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataF
 
     Only ``completed`` trials count (stopped or interrupted ones hold partial values).
     """
-    from .metrics import fairness_report  # numpy (+ torch) only
-
     cols = [c for c in trials.columns if str(c).startswith("iou/")]
-    names = [c[len("iou/"):] for c in cols]
     loss_cols = [c for c in trials.columns if str(c).startswith("config/loss/")]
     ref_key = reference_group(trials)
     groups = _groups_in_order(trials) if len(trials) else []
-    ref_vec = None
-    if ref_key is not None and cols:
-        g = dict(groups)[ref_key]
-        done = g[g["status"] == "completed"]
-        ref_vec = np.array([mean_std(done[c].to_numpy(dtype=np.float64))[0] for c in cols]) * 100.0
-        if np.all(np.isnan(ref_vec)):
-            ref_vec = None
+    ref_vec = mean_iou_percent(dict(groups)[ref_key], cols) if ref_key is not None and cols else None
     metric_names = ["miou"] + [n for n in objectives if n != "miou"]
     rows = []
     for key, g in groups:
         done = g[g["status"] == "completed"]
-        first = g.iloc[0]
-        label, conf = group_label(g)
-        row: dict[str, Any] = {"group": key, "label": label, "configuration": conf}
-        row.update({c: first[c] for c in loss_cols})
-        row["n"] = int(len(done))
-        row["n_trials"] = int(len(g))
-        seeds = [int(x) for x in done["seed"]] if "seed" in done else []
-        row["seeds"] = json.dumps(seeds)
-        row["trial_ids"] = json.dumps([str(x) for x in g["trial_id"]])
-        row["reference"] = key == ref_key
-        for name in metric_names:
+        row = _group_identity(key, g, done, loss_cols, reference=key == ref_key)
+        for name in metric_names + cols:
             vals = done[name].to_numpy(dtype=np.float64) if name in done else np.array([])
             row[f"{name}/mean"], row[f"{name}/std"], _ = mean_std(vals)
-        for c in cols:
-            row[f"{c}/mean"], row[f"{c}/std"], _ = mean_std(done[c].to_numpy(dtype=np.float64))
-        per_trial: dict[str, list[float]] = {k: [] for k, _ in CRITERIA}
-        for r in done.to_dict("records"):
-            u = np.array([r[c] for c in cols], dtype=np.float64) * 100.0
-            if not u.size or np.all(np.isnan(u)):
-                continue
-            try:
-                rep = fairness_report(u, reference=ref_vec, class_names=names)
-            except ValueError:  # no class present in both: no sorted criteria for this trial
-                rep = fairness_report(u, class_names=names)
-            for k, _ in CRITERIA:
-                per_trial[k].append(float(rep.get(k, math.nan)))
-        for k, _ in CRITERIA:
-            row[f"table3/{k}/mean"], row[f"table3/{k}/std"], _ = mean_std(per_trial[k])
+        row.update(_table3_columns(done, cols, ref_vec))
         rows.append(row)
-    out = pd.DataFrame(rows)
-    if len(out):
-        dup = out["label"].duplicated(keep=False)  # e.g. sampled t=0.1234 and t=0.12341 (.3g)
-        for i in out.index[dup]:
-            ids = json.loads(out.at[i, "trial_ids"]) or [out.at[i, "group"]]
-            out.at[i, "label"] = f"{out.at[i, 'label']} ({ids[0]})"
-        out["pareto_rank"] = -1
-        obj = list(objectives)
-        ok = out.index[out["n"] > 0]
-        if obj and len(ok) and all(f"{n}/mean" in out for n in obj):
-            vals = out.loc[ok, [f"{n}/mean" for n in obj]].to_numpy(dtype=np.float64)
-            out.loc[ok, "pareto_rank"] = non_dominated_ranks(vals, [objectives[n] for n in obj])
+    return _rank_groups(_unique_labels(pd.DataFrame(rows)), objectives)
+
+
+def mean_iou_percent(trials: pd.DataFrame, cols: Sequence[str]) -> np.ndarray | None:
+    """The mean per-class IoU in percent over the ``completed`` rows of ``trials`` (columns
+    ``cols``; NaN for a class absent from all of them), or None when every class is NaN."""
+    done = trials[trials["status"] == "completed"]
+    vec = np.array([mean_std(done[c].to_numpy(dtype=np.float64))[0] for c in cols]) * 100.0
+    return None if np.all(np.isnan(vec)) else vec
+
+
+def _group_identity(key: str, g: pd.DataFrame, done: pd.DataFrame, loss_cols: Sequence[str], *, reference: bool) -> dict[str, Any]:
+    """A group's key, label, configuration, loss settings, counts, seeds, trial ids and reference flag."""
+    label, conf = group_label(g)
+    first = g.iloc[0]
+    row: dict[str, Any] = {"group": key, "label": label, "configuration": conf}
+    row.update({c: first[c] for c in loss_cols})
+    row["n"] = int(len(done))
+    row["n_trials"] = int(len(g))
+    row["seeds"] = json.dumps([int(x) for x in done["seed"]] if "seed" in done else [])
+    row["trial_ids"] = json.dumps([str(x) for x in g["trial_id"]])
+    row["reference"] = reference
+    return row
+
+
+def _table3_columns(done: pd.DataFrame, cols: Sequence[str], ref_vec: np.ndarray | None) -> dict[str, float]:
+    """``table3/<criterion>/mean`` and ``/std`` over the completed trials (each in percent,
+    the sorted bottom/top 25% against ``ref_vec``)."""
+    from .metrics import fairness_report  # numpy (+ torch) only
+
+    names = [c[len("iou/"):] for c in cols]
+    per_trial: dict[str, list[float]] = {k: [] for k, _ in CRITERIA}
+    for r in done.to_dict("records"):
+        u = np.array([r[c] for c in cols], dtype=np.float64) * 100.0
+        if not u.size or np.all(np.isnan(u)):
+            continue
+        try:
+            rep = fairness_report(u, reference=ref_vec, class_names=names)
+        except ValueError:  # no class present in both: no sorted criteria for this trial
+            rep = fairness_report(u, class_names=names)
+        for k, _ in CRITERIA:
+            per_trial[k].append(float(rep.get(k, math.nan)))
+    out: dict[str, float] = {}
+    for k, _ in CRITERIA:
+        out[f"table3/{k}/mean"], out[f"table3/{k}/std"], _ = mean_std(per_trial[k])
     return out
+
+
+def _unique_labels(groups: pd.DataFrame) -> pd.DataFrame:
+    """Labels that coincide (e.g. sampled t=0.1234 and t=0.12341 print alike with .3g) get
+    their first trial id appended."""
+    if not len(groups):
+        return groups
+    dup = groups["label"].duplicated(keep=False)
+    for i in groups.index[dup]:
+        ids = json.loads(groups.at[i, "trial_ids"]) or [groups.at[i, "group"]]
+        groups.at[i, "label"] = f"{groups.at[i, 'label']} ({ids[0]})"
+    return groups
+
+
+def _rank_groups(groups: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+    """A ``pareto_rank`` column: non-dominated ranks of the groups' objective means (-1 for
+    groups without a completed trial)."""
+    if not len(groups):
+        return groups
+    groups["pareto_rank"] = -1
+    obj = list(objectives)
+    ok = groups.index[groups["n"] > 0]
+    if obj and len(ok) and all(f"{n}/mean" in groups for n in obj):
+        vals = groups.loc[ok, [f"{n}/mean" for n in obj]].to_numpy(dtype=np.float64)
+        groups.loc[ok, "pareto_rank"] = non_dominated_ranks(vals, [objectives[n] for n in obj])
+    return groups
 
 
 # --------------------------------------------------------------------------- files
