@@ -17,41 +17,32 @@ from typing import Sequence
 
 import numpy as np
 
+_CLASS_TAGS = ("run", "class")
+_RANK_TAGS = ("run", "rank")
+# key -> (gauge name, description, tag keys)
+GAUGE_SPECS: dict[str, tuple[str, str, tuple[str, str]]] = {
+    "weight": (
+        "tce_class_weight",
+        "Stochastic TCE: sampling weight of each class (sums to 1 over classes).",
+        _CLASS_TAGS,
+    ),
+    "iou": ("tce_class_iou", "Per-class IoU (fraction) at the latest evaluation.", _CLASS_TAGS),
+    "step_time": ("tce_step_time_seconds", "Wall time of the latest training step, data wait included.", _RANK_TAGS),
+    "images_per_s": ("tce_images_per_second", "Training images per second of one worker at the latest step.", _RANK_TAGS),
+    "step": ("tce_step", "The latest finished training step.", _RANK_TAGS),
+}
 _GAUGES: dict | None = None
 
 
 def gauges() -> dict:
-    """The process's gauges, created on first use (keys: weight, iou, step_time, images_per_s, step)."""
+    """The process's gauges, created on first use (keys: those of :data:`GAUGE_SPECS`)."""
     global _GAUGES
     if _GAUGES is None:
         from ray.util.metrics import Gauge
 
         _GAUGES = {
-            "weight": Gauge(
-                "tce_class_weight",
-                description="Stochastic TCE: sampling weight of each class (sums to 1 over classes).",
-                tag_keys=("run", "class"),
-            ),
-            "iou": Gauge(
-                "tce_class_iou",
-                description="Per-class IoU (fraction) at the latest evaluation.",
-                tag_keys=("run", "class"),
-            ),
-            "step_time": Gauge(
-                "tce_step_time_seconds",
-                description="Wall time of the latest training step, data wait included.",
-                tag_keys=("run", "rank"),
-            ),
-            "images_per_s": Gauge(
-                "tce_images_per_second",
-                description="Training images per second of one worker at the latest step.",
-                tag_keys=("run", "rank"),
-            ),
-            "step": Gauge(
-                "tce_step",
-                description="The latest finished training step.",
-                tag_keys=("run", "rank"),
-            ),
+            key: Gauge(name, description=description, tag_keys=tags)
+            for key, (name, description, tags) in GAUGE_SPECS.items()
         }
     return _GAUGES
 

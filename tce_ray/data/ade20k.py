@@ -6,8 +6,7 @@ import os
 
 import numpy as np
 
-from .base import make_transform
-from .files import INVALID, FileSegmentationDataset, pair_files, resolve_root, scan
+from .files import INVALID, FileSplit, file_builder, pair_files, require_dirs, resolve_root, scan
 
 ADE20K_ENV = "ADE20K_ROOT"
 # objectInfo150 names (first name of each entry), label value i+1 -> class i
@@ -41,15 +40,7 @@ def ade20k_lut() -> np.ndarray:
     return lut
 
 
-def build_ade20k(
-    split: str,
-    root: str | os.PathLike | None = None,
-    *,
-    crop_size: int | tuple[int, int] | None = None,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    augment: bool | None = None,
-    downscale: int = 1,
-) -> FileSegmentationDataset:
+def find_ade20k(split: str, root: str | os.PathLike | None = None) -> FileSplit:
     """ADE20K ``split`` ("train"/"val") under ``root`` (the ADEChallengeData2016 folder or its parent)."""
     if split not in _SPLIT_DIRS:
         raise ValueError(f"ade20k split must be one of {list(_SPLIT_DIRS)}, got {split!r}")
@@ -58,9 +49,9 @@ def build_ade20k(
         root_path = root_path / "ADEChallengeData2016"
     img_dir = root_path / "images" / _SPLIT_DIRS[split]
     lbl_dir = root_path / "annotations" / _SPLIT_DIRS[split]
-    for d in (img_dir, lbl_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(f"ade20k: {str(d)!r} does not exist (expected {_LAYOUT})")
+    require_dirs("ade20k", {"image": img_dir, "label": lbl_dir}, _LAYOUT)
     pairs = pair_files(scan(img_dir), scan(lbl_dir, extensions=(".png",)), img_dir, lbl_dir)
-    transform = make_transform(split, augment, crop_size, scale_range)
-    return FileSegmentationDataset("ade20k", split, root_path, pairs, ADE20K_CLASSES, ade20k_lut(), transform, downscale)
+    return FileSplit("ade20k", root_path, pairs, ADE20K_CLASSES, ade20k_lut())
+
+
+build_ade20k = file_builder(find_ade20k, "build_ade20k")

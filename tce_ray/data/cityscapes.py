@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import Cityscapes
 
-from .base import make_transform
-from .files import INVALID, FileSegmentationDataset, pair_files, resolve_root, scan
+from .files import INVALID, FileSplit, file_builder, pair_files, require_dirs, resolve_root, scan
 
 CITYSCAPES_ENV = "CITYSCAPES_DATASET"
 CITYSCAPES_CLASSES: tuple[str, ...] = tuple(
@@ -28,30 +27,23 @@ def cityscapes_lut() -> np.ndarray:
     return lut
 
 
-def build_cityscapes(
-    split: str,
-    root: str | os.PathLike | None = None,
-    *,
-    crop_size: int | tuple[int, int] | None = None,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    augment: bool | None = None,
-    downscale: int = 1,
-) -> FileSegmentationDataset:
+def find_cityscapes(split: str, root: str | os.PathLike | None = None) -> FileSplit:
     """Cityscapes gtFine ``split`` ("train", "val", "test") under ``root`` or ``$CITYSCAPES_DATASET``."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"cityscapes split must be 'train', 'val' or 'test', got {split!r}")
     root_path = resolve_root(root, "cityscapes", CITYSCAPES_ENV, _LAYOUT)
     img_dir, lbl_dir = root_path / "leftImg8bit" / split, root_path / "gtFine" / split
-    for d in (img_dir, lbl_dir):  # checked first: torchvision would try to unpack zips instead
-        if not d.is_dir():
-            raise FileNotFoundError(f"cityscapes: {str(d)!r} does not exist (expected {_LAYOUT})")
+    # checked first: torchvision would try to unpack zips instead
+    require_dirs("cityscapes", {"image": img_dir, "label": lbl_dir}, _LAYOUT)
     tv = Cityscapes(str(root_path), split=split, mode="fine", target_type="semantic")
     images = {str(Path(p).relative_to(img_dir)).removesuffix("_leftImg8bit.png"): Path(p) for p in tv.images}
     # torchvision lists every file and never checks the targets: match both ways ourselves.
-    for key, p in images.items():
+    for p in images.values():
         if not p.name.endswith("_leftImg8bit.png"):
             raise ValueError(f"cityscapes: unexpected file {str(p)!r} (images must be named *_leftImg8bit.png)")
     labels = scan(lbl_dir, "_gtFine_labelIds", extensions=(".png",))
     pairs = pair_files(images, labels, img_dir, lbl_dir)
-    transform = make_transform(split, augment, crop_size, scale_range)
-    return FileSegmentationDataset("cityscapes", split, root_path, pairs, CITYSCAPES_CLASSES, cityscapes_lut(), transform, downscale)
+    return FileSplit("cityscapes", root_path, pairs, CITYSCAPES_CLASSES, cityscapes_lut())
+
+
+build_cityscapes = file_builder(find_cityscapes, "build_cityscapes")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .base import SegmentationDataset
+from .base import SegmentationDataset, make_transform
 from .transforms import IGNORE_INDEX, SegmentationTransform
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -109,6 +110,13 @@ def pair_files(images: dict[str, Path], labels: dict[str, Path], image_dir: Path
             f"{len(no_image)} label map(s) have no image in {str(image_dir)!r}, e.g. {str(labels[no_image[0]])!r}"
         )
     return [(images[k], labels[k]) for k in sorted(images)]
+
+
+def require_dirs(dataset: str, dirs: Mapping[str, Path], expected: str) -> None:
+    """FileNotFoundError naming the first of ``dirs`` (what -> path) that is not a directory."""
+    for what, d in dirs.items():
+        if not d.is_dir():
+            raise FileNotFoundError(f"{dataset}: {what} directory {str(d)!r} does not exist (expected {expected})")
 
 
 def _header(path: Path, what: str) -> tuple[tuple[int, int], str]:
@@ -217,6 +225,53 @@ class FileSegmentationDataset(SegmentationDataset):
             "files": sorted(files),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileSplit:
+    """What a file data set finds on disk for one split: pairs, class names and label LUT."""
+
+    name: str
+    root: Path
+    pairs: Sequence[tuple[Path, Path]]
+    class_names: Sequence[str]
+    lut: np.ndarray
+
+
+def file_dataset(files: FileSplit, split: str, *, downscale: int = 1, **transform) -> FileSegmentationDataset:
+    """The data set of ``files`` with ``split``'s transform (``make_transform``'s
+    ``augment``, ``crop_size``, ``scale_range``): the tail every file builder shares."""
+    return FileSegmentationDataset(
+        files.name, split, files.root, files.pairs, files.class_names, files.lut, make_transform(split, **transform), downscale
+    )
+
+
+def file_builder(find: Callable[[str, str | os.PathLike | None], FileSplit], name: str) -> Callable[..., FileSegmentationDataset]:
+    """A ``build_dataset`` builder ``name(split, root=None, *, crop_size, scale_range, augment,
+    downscale)`` from ``find(split, root) -> FileSplit``. The options every file data set takes
+    are declared here once; they are keyword-only because ``build_dataset`` reads a builder's
+    accepted options from its signature."""
+
+    def build(
+        split: str,
+        root: str | os.PathLike | None = None,
+        *,
+        crop_size: int | tuple[int, int] | None = None,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        augment: bool | None = None,
+        downscale: int = 1,
+    ) -> FileSegmentationDataset:
+        return file_dataset(
+            find(split, root), split, crop_size=crop_size, scale_range=scale_range, augment=augment, downscale=downscale
+        )
+
+    build.__name__ = build.__qualname__ = name
+    build.__module__ = find.__module__
+    build.__doc__ = (
+        f"{find.__doc__}\n\nOptions: ``crop_size`` and ``scale_range`` (training crop), ``augment`` "
+        "(default: on for train), ``downscale`` (shrink by this integer factor when reading)."
+    )
+    return build
 
 
 def _ranges(values: np.ndarray) -> str:

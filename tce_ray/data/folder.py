@@ -6,8 +6,17 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .base import make_transform
-from .files import FileSegmentationDataset, build_lut, pair_files, resolve_root, scan
+from .files import (
+    FileSegmentationDataset,
+    FileSplit,
+    build_lut,
+    file_builder,
+    file_dataset,
+    pair_files,
+    require_dirs,
+    resolve_root,
+    scan,
+)
 
 CAMVID_CLASSES: tuple[str, ...] = (
     "sky", "building", "pole", "road", "pavement", "tree",
@@ -43,19 +52,22 @@ def build_folder(
     ``image_dir``/``label_dir`` may contain ``{split}``; label values 0..K-1 are classes, 255
     is ignore; ``remap`` (a dict or a 256-entry list) maps other raw values.
     """
+    files = _folder_files(split, root, class_names, image_dir, label_dir, remap, name)
+    return file_dataset(files, split, crop_size=crop_size, scale_range=scale_range, augment=augment, downscale=downscale)
+
+
+def _folder_files(split: str, root, class_names, image_dir: str, label_dir: str, remap, name: str) -> FileSplit:
+    """The pairs of :func:`build_folder` (its arguments, checked)."""
     if root is None:
         raise FileNotFoundError(f"{name}: pass root=... (the folder holding {image_dir!r} and {label_dir!r})")
     if not class_names:
         raise ValueError(f"{name}: pass class_names=[...] (one name per label value 0..K-1)")
-    root_path = resolve_root(root, name, "TCE_FOLDER_ROOT", f"{image_dir}/ and {label_dir}/")
+    layout = f"{image_dir}/ and {label_dir}/"
+    root_path = resolve_root(root, name, "TCE_FOLDER_ROOT", layout)
     img_dir, lbl_dir = _dir(root_path, image_dir, split), _dir(root_path, label_dir, split)
-    for d, what in ((img_dir, "image"), (lbl_dir, "label")):
-        if not d.is_dir():
-            raise FileNotFoundError(f"{name}/{split}: {what} directory {str(d)!r} does not exist")
+    require_dirs(f"{name}/{split}", {"image": img_dir, "label": lbl_dir}, layout)
     pairs = pair_files(scan(img_dir), scan(lbl_dir), img_dir, lbl_dir)
-    lut = build_lut(len(class_names), remap)
-    transform = make_transform(split, augment, crop_size, scale_range)
-    return FileSegmentationDataset(name, split, root_path, pairs, class_names, lut, transform, downscale)
+    return FileSplit(name, root_path, pairs, class_names, build_lut(len(class_names), remap))
 
 
 def camvid_root(root: str | os.PathLike | None = None) -> Path | None:
@@ -67,31 +79,14 @@ def camvid_root(root: str | os.PathLike | None = None) -> Path | None:
     return _CAMVID_SHARED if _CAMVID_SHARED.is_dir() else None
 
 
-def build_camvid(
-    split: str,
-    root: str | os.PathLike | None = None,
-    *,
-    crop_size: int | tuple[int, int] | None = None,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    augment: bool | None = None,
-    downscale: int = 1,
-) -> FileSegmentationDataset:
+def find_camvid(split: str, root: str | os.PathLike | None = None) -> FileSplit:
     """CamVid, SegNet layout: ``<split>/`` images and ``<split>annot/`` label maps; 11 -> ignore."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"camvid split must be 'train', 'val' or 'test', got {split!r}")
     root_path = resolve_root(
         camvid_root(root), "camvid", CAMVID_ENV, "train/, trainannot/, val/, valannot/ (SegNet layout)"
     )
-    return build_folder(
-        split,
-        root_path,
-        class_names=CAMVID_CLASSES,
-        image_dir=split,
-        label_dir=f"{split}annot",
-        remap={CAMVID_UNLABELLED: 255},
-        name="camvid",
-        crop_size=crop_size,
-        scale_range=scale_range,
-        augment=augment,
-        downscale=downscale,
-    )
+    return _folder_files(split, root_path, CAMVID_CLASSES, split, f"{split}annot", {CAMVID_UNLABELLED: 255}, "camvid")
+
+
+build_camvid = file_builder(find_camvid, "build_camvid")
