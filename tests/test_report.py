@@ -361,3 +361,16 @@ def test_single_seed_study_has_no_group_section(tmp_path):
     g = pd.read_parquet(d / "groups.parquet")
     # the failed and the unfinished sampled trials: groups with n = 0
     assert g["n"].tolist() == [1, 1, 1, 1, 0, 0] and g["n_trials"].tolist() == [1] * 6
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("study", ["paper", "seeds"])
+def test_report_matches_its_golden_file(tmp_path, study):
+    """The whole report.md, byte for byte, as the code before the report was split into
+    sections wrote it. A deliberate change of the report: rewrite the golden file with
+    the new output (and say why in the commit)."""
+    d = _write_paper_study(tmp_path) if study == "paper" else _write_seed_study(tmp_path)
+    build_report(d)
+    assert (d / "report.md").read_text(encoding="utf-8") == (GOLDEN / f"report_{study}.md").read_text(encoding="utf-8")

@@ -1,22 +1,18 @@
-"""tce_ray.train (+ evaluation, checkpointing, live_metrics): the pieces alone, then whole runs on Ray."""
+"""tce_ray.train: the driver side's pieces, then whole runs of the worker loop on Ray
+(the worker loop's pieces: tests/test_worker_loop.py)."""
 
 from __future__ import annotations
 
 import math
-import re
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
 
-from tce_ray.checkpointing import CHECKPOINT_FILE, load_training_state, save_training_state
-from tce_ray.evaluation import evaluation_metrics, shard_indices
+from tce_ray.checkpointing import load_training_state
 from tce_ray.losses import FocalLoss, MCCE, TiltedCrossEntropy, focal_alpha_from_frequencies
 from tce_ray.models import deeplabv3plus
-from tce_ray.objectives import get_objective
 from tce_ray.runspec import RunSpec
 from tce_ray.sampling import ClassIndex
 from tce_ray.train import build_trainer, make_loss, run_state_dir, run_training, start_weight_actor, trainer_config
@@ -24,7 +20,6 @@ from tce_ray.worker_loop import (
     FATAL_MARKER,
     NO_HOOKS,
     FaultInjection,
-    _epoch_batches,
     build_datasets,
     make_hooks,
     poly_lr,
@@ -53,15 +48,6 @@ def tiny_run(loss: str = "tce_stochastic", **train) -> RunSpec:
 
 
 # ----------------------------------------------------------------------------- pieces
-def test_poly_lr_matches_the_formula():
-    assert poly_lr(0.01, 0, 100, 0.9) == 0.01
-    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9, rel=1e-12)
-    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
-    assert poly_lr(0.02, 30, 100, 0.0) == 0.02  # power 0: constant
-    with pytest.raises(ValueError, match="step"):
-        poly_lr(0.01, 101, 100, 0.9)
-
-
 def test_make_loss_per_name():
     run = tiny_run()
     ds, _ = build_datasets(run)
@@ -83,70 +69,6 @@ def test_make_loss_per_name():
     bad = run.model_copy(update={"loss": run.loss.model_copy(update={"name": "focal", "focal_alpha": [1.0, 2.0]})})
     with pytest.raises(ValueError, match="focal_alpha has 2 values"):
         make_loss(bad, k, index)
-
-
-def test_epoch_batches_cover_each_epoch_and_resume_mid_epoch():
-    data = list(range(10))
-    s = DistributedSampler(data, num_replicas=2, rank=1, shuffle=True, seed=3, drop_last=True)
-    it = _epoch_batches(s, 2, start_epoch=0, skip=0)
-    run = [next(it) for _ in range(6)]  # 5 indices per rank -> 2 batches per epoch; 3 epochs
-    expected = []
-    for e in range(3):
-        s.set_epoch(e)
-        idx = list(s)
-        expected += [idx[0:2], idx[2:4]]
-    assert run == expected
-    resumed = _epoch_batches(s, 2, start_epoch=1, skip=1)  # step 3 = epoch 1, second batch
-    assert [next(resumed) for _ in range(3)] == expected[3:6]
-
-
-def test_shard_indices_cover_everything_once():
-    shards = [shard_indices(11, r, 3) for r in range(3)]
-    assert sorted(sum(shards, [])) == list(range(11))
-    assert shards[1] == [1, 4, 7, 10]
-    with pytest.raises(ValueError):
-        shard_indices(5, 3, 3)
-
-
-def test_evaluation_metrics_on_a_hand_made_confusion_matrix():
-    # rows = truth, cols = prediction; class 2 absent from the data and never predicted
-    cm = torch.tensor([[3, 1, 0], [1, 1, 0], [0, 0, 0]])
-    m = evaluation_metrics(cm, ("a", "b", "c"), ["worst_iou", "iou_std"])
-    iou_a, iou_b = 3 / (4 + 4 - 3), 1 / (2 + 2 - 1)  # TP / (row + col - TP)
-    assert m["iou/a"] == pytest.approx(iou_a) and m["iou/b"] == pytest.approx(iou_b)
-    assert math.isnan(m["iou/c"])
-    assert m["miou"] == pytest.approx((iou_a + iou_b) / 2)
-    assert m["worst_iou"] == pytest.approx(iou_b)
-    assert m["iou_std"] == pytest.approx(np.std([iou_a, iou_b], ddof=1))
-    assert m["iou_std"] == get_objective("iou_std")(np.array([iou_a, iou_b, np.nan]))
-    with pytest.raises(ValueError, match="every IoU is NaN"):
-        evaluation_metrics(torch.zeros(3, 3, dtype=torch.int64), ("a", "b", "c"), ["miou"])
-    with pytest.raises(ValueError, match="class names"):
-        evaluation_metrics(cm, ("a", "b"), [])
-
-
-def test_checkpoint_roundtrip_and_validation(tmp_path):
-    net = deeplabv3plus(3, "tiny", 16)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    net(torch.randn(1, 3, 32, 32)).mean().backward()
-    opt.step()
-    ws = {"version": 1, "log_r": [0.1, 0.2, 0.3]}
-    state = {
-        "format": 1, "step": 7, "model": net.state_dict(), "optimizer": opt.state_dict(), "scaler": None,
-        "rng": {"seed": 0, "step": 7}, "weight_state": ws, "weight_state_hash": state_hash(ws), "run": {"x": [1, 2]},
-    }
-    save_training_state(tmp_path, state)
-    back = load_training_state(tmp_path)
-    assert back["step"] == 7 and back["weight_state"] == ws and back["weight_state_hash"] == state_hash(ws)
-    fresh = deeplabv3plus(3, "tiny", 16)
-    fresh.load_state_dict(back["model"])
-    for (k, a), b in zip(net.state_dict().items(), fresh.state_dict().values()):
-        assert torch.equal(a, b), k
-    torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9).load_state_dict(back["optimizer"])
-    with pytest.raises(ValueError, match="lacks"):
-        save_training_state(tmp_path, {"format": 1})
-    with pytest.raises(FileNotFoundError, match=CHECKPOINT_FILE):
-        load_training_state(tmp_path / "nowhere")
 
 
 def test_trainer_config_and_a_stale_fatal_marker(tmp_path):
@@ -271,42 +193,3 @@ def test_other_losses_in_local_mode(tmp_path, loss):
     m = fit_local(tiny_run(loss, steps=3, eval_every=3), f"local-{loss}", tmp_path).metrics
     assert m["step"] == 3 and m["world_size"] == 1 and math.isfinite(m["loss"]) and math.isfinite(m["iou_std"])
     assert not any(k.startswith("weights/") for k in m)
-
-
-@pytest.mark.ray
-@pytest.mark.timeout(120)
-def test_live_metrics_reach_the_prometheus_endpoint(ray_session):
-    ray = ray_session
-
-    @ray.remote(num_cpus=0)
-    class Reporter:
-        def set(self):
-            from tce_ray.live_metrics import LiveMetrics
-
-            lm = LiveMetrics("live-test", 1, ["a", "b"])
-            lm.set_weights(np.array([0.25, 0.75]))
-            lm.set_iou(np.array([0.5, np.nan]))
-            lm.set_step(3, 0.5, 8.0)
-
-    reporter = Reporter.remote()
-    ray.get(reporter.set.remote())
-    port = ray._private.worker.global_worker.node.metrics_export_port
-    want = {
-        'ray_tce_class_weight{.*class="b".*run="live-test"': 0.75,
-        'ray_tce_class_iou{.*class="a".*run="live-test"': 0.5,
-        'ray_tce_step_time_seconds{.*rank="1".*run="live-test"': 0.5,
-        'ray_tce_images_per_second{.*rank="1".*run="live-test"': 8.0,
-    }
-    deadline = time.time() + 60
-    found: dict[str, float] = {}
-    while time.time() < deadline and len(found) < len(want):
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        for pattern in want:
-            for line in text.splitlines():
-                if re.match(pattern, line):
-                    found[pattern] = float(line.rsplit(" ", 1)[1])
-        time.sleep(1)
-    assert found == want
-    # the NaN IoU of the absent class "b" is not exported
-    assert not [l for l in text.splitlines() if re.match('ray_tce_class_iou{.*class="b".*run="live-test"', l)]
-    ray.kill(reporter)
