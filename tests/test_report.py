@@ -22,7 +22,6 @@ from tce_ray.results import (
     non_dominated_ranks,
     pareto_front,
     read_tables,
-    summarize_error,
     write_tables,
 )
 
@@ -121,17 +120,6 @@ def test_nonfinite_objective_marks_failed():
     trials, _ = collect_trials([rec], OBJECTIVES, total_steps=4)
     assert trials.loc[0, "status"] == "failed"
     assert "iou_std" in trials.loc[0, "error"]
-
-
-def test_summarize_error_follows_cause():
-    try:
-        try:
-            raise KeyError("inner")
-        except KeyError as e:
-            raise RuntimeError("outer") from e
-    except RuntimeError as e:
-        assert summarize_error(e).startswith("KeyError")
-    assert summarize_error(None) == ""
 
 
 def test_fmt_rounds_half_up():
