@@ -31,8 +31,9 @@ Where the project resolves an ambiguity of the paper (see ``shared/SPEC.md``):
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -40,17 +41,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tce_ray.registry import LossContext, Setting, get_loss, list_losses, register_loss, register_setting
+
 __all__ = [
     "LOSS_NAMES",
+    "STOCHASTIC",
     "MCCE",
     "FocalLoss",
     "TiltedCrossEntropy",
     "build_loss",
     "focal_alpha_from_frequencies",
     "per_class_ce",
+    "make_loss",
+    "needs_class_index",
+    "needs_weight_actor",
+    "register_loss",
+    "Setting",
 ]
-
-LOSS_NAMES: tuple[str, ...] = ("mcce", "focal", "tce_image", "tce_class", "tce_stochastic")
 
 T_ZERO: float = 1e-8
 """Tilts with ``|t|`` below this are treated as exactly 0 (the plain mean)."""
@@ -276,44 +283,112 @@ def per_class_ce(
     return sums, counts
 
 
-# --------------------------------------------------------------------------- factory
-_Factory = Callable[..., nn.Module]
-_REGISTRY: dict[str, tuple[_Factory, frozenset[str], frozenset[str]]] = {
-    # name: (factory, accepted params, required params)
-    "mcce": (MCCE, frozenset({"ignore_index"}), frozenset()),
-    "focal": (FocalLoss, frozenset({"alpha", "gamma", "ignore_index"}), frozenset()),
-    "tce_image": (
-        lambda **p: TiltedCrossEntropy(level="image", **p),
-        frozenset({"t", "ignore_index"}),
-        frozenset({"t"}),
-    ),
-    "tce_class": (
-        lambda **p: TiltedCrossEntropy(level="class", **p),
-        frozenset({"t", "ignore_index"}),
-        frozenset({"t"}),
-    ),
-    # stochastic TCE trains on plain MCCE; its tilt lives in the sampler's TiltState
-    "tce_stochastic": (MCCE, frozenset({"ignore_index"}), frozenset()),
-}
-assert tuple(_REGISTRY) == LOSS_NAMES
+# --------------------------------------------------------------------------- registry
+# The settings of the built-in losses and the losses themselves (tce_ray.registry): the run
+# schema, the study's search space, make_loss and the result labels all read these entries.
+
+register_setting(Setting(
+    "t", float, 1.0, "Tilt of the TCE losses (negative: robust, down-weights the hardest terms).",
+    finite=True, search="tilt", label="t"))
+register_setting(Setting(
+    "gamma", float, 0.1, "Rate of stochastic TCE's running tilted loss, in (0, 1].",
+    gt=0.0, le=1.0, search="range", label="γ"))
+register_setting(Setting("focal_gamma", float, 2.0, "Focal loss focusing exponent.", ge=0.0, search="range", label="fγ"))
+register_setting(Setting(
+    "focal_alpha", Literal["inverse_frequency", "none"] | list[float], "inverse_frequency",
+    "Focal class weights: from the training set's pixel frequencies, none, or K numbers."))
+register_setting(Setting(
+    "tilt_signal", Literal["batch", "class"], "batch",
+    "What a worker reports for stochastic TCE: whole-batch MCCE (the paper) or the CE over the drawn "
+    "class's pixels (the project's extension).", search="choice", label="signal", label_omit=("batch",)))
+register_setting(Setting(
+    "weight_floor", float, 0.0, "Mix the tilted weights with uniform so no drawable class is drawn below floor/K.",
+    ge=0.0, le=1.0, search="range", label="floor", label_omit=(0.0,)))
+register_setting(Setting(
+    "min_pixels", int, 1, "Pixels of a class an image needs to count as containing it (the index D_c).", ge=1))
+
+
+def _focal_needs_index(settings: Mapping[str, Any]) -> bool:
+    return settings.get("focal_alpha") == "inverse_frequency"
+
+
+def _focal_alpha(keywords: dict[str, Any], context: LossContext) -> dict[str, Any]:
+    """``alpha`` from ``loss.focal_alpha``: inverse pixel frequencies, none, or K numbers."""
+    alpha = keywords["alpha"]
+    if alpha == "inverse_frequency":
+        alpha = focal_alpha_from_frequencies(context.pixel_frequencies("focal_alpha='inverse_frequency'"))
+    elif alpha == "none":
+        alpha = None
+    elif len(alpha) != context.num_classes:
+        raise ValueError(f"loss.focal_alpha has {len(alpha)} values; the data set has {context.num_classes} classes")
+    else:
+        alpha = list(alpha)
+    return {**keywords, "alpha": alpha}
+
+
+STOCHASTIC = "tce_stochastic"
+"""Stochastic TCE (Algorithm 1): the loss is plain MCCE; the tilt lives in the class weights
+that the run's weight actor keeps and the tilted batch sampler draws from."""
+
+register_loss("mcce")(MCCE)
+register_loss(
+    "focal", settings=("focal_gamma", "focal_alpha"), params={"focal_gamma": "gamma", "focal_alpha": "alpha"},
+    needs_class_index=_focal_needs_index, prepare=_focal_alpha,
+)(FocalLoss)
+register_loss("tce_image", settings=("t",), fixed={"level": "image"}, doc="Image-level tilted CE (eq. 2).")(
+    TiltedCrossEntropy)
+register_loss("tce_class", settings=("t",), fixed={"level": "class"}, doc="Class-level tilted CE (eq. 3).")(
+    TiltedCrossEntropy)
+register_loss(
+    STOCHASTIC, settings=("t", "gamma", "tilt_signal", "weight_floor", "min_pixels"), params={},
+    needs_weight_actor=True, doc="Stochastic TCE: MCCE on batches drawn by the tilted class weights.",
+)(MCCE)
+
+LOSS_NAMES: tuple[str, ...] = tuple(list_losses())
+"""The built-in losses (``tce_ray.registry.list_losses()`` also lists those registered later)."""
 
 
 def build_loss(name: str, **params: Any) -> nn.Module:
-    """Build a loss by name (one of :data:`LOSS_NAMES`).
+    """Build a registered loss by name with its class's own arguments.
 
-    Params: ``focal``: alpha, gamma; ``tce_image``/``tce_class``: t (required); all:
+    Built-ins: ``focal``: alpha, gamma; ``tce_image``/``tce_class``: t (required); all:
     ignore_index. ``tce_stochastic`` returns :class:`MCCE` (the tilt acts via sampling).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")
-    factory, accepted, required = _REGISTRY[name]
+    entry = get_loss(name)
+    signature = inspect.signature(entry.factory).parameters
+    accepted = {k for k in signature if k not in entry.fixed and k != "self"}
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise TypeError(
             f"loss {name!r} got unknown parameter(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(sorted(accepted))}"
         )
+    required = {k for k in accepted if signature[k].default is inspect.Parameter.empty}
     missing = sorted(required - set(params))
     if missing:
         raise TypeError(f"loss {name!r} needs parameter(s) {', '.join(missing)}")
-    return factory(**params)
+    return entry.factory(**entry.fixed, **params)
+
+
+def _loss_settings(run: Any) -> dict[str, Any]:
+    loss = run.loss
+    return loss.model_dump() if hasattr(loss, "model_dump") else dict(loss)
+
+
+def make_loss(run: Any, num_classes: int, index: Any = None) -> nn.Module:
+    """The loss module of a run (a ``RunSpec``): its registry entry built from ``run.loss``,
+    with ``index`` (the training set's ``ClassIndex``) where the entry needs it."""
+    settings = _loss_settings(run)
+    return get_loss(settings["name"]).build(settings, LossContext(num_classes, index))
+
+
+def needs_class_index(run: Any) -> bool:
+    """Whether the run's loss needs the training set's class index (stochastic TCE draws
+    from D_c; focal's inverse-frequency alpha needs the pixel frequencies)."""
+    settings = _loss_settings(run)
+    return get_loss(settings["name"]).uses_class_index(settings)
+
+
+def needs_weight_actor(run: Any) -> bool:
+    """Whether the run's loss draws its batches from the run's class-weight actor."""
+    return get_loss(run.loss.name).needs_weight_actor

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, StudyConfig, is_uri, load_config, parse_config
+from .runspec import RunSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -177,7 +178,7 @@ def _max_concurrent(cfg: StudyConfig) -> int:
     import ray
 
     res = ray.cluster_resources()
-    t = cfg.train
+    t = cfg.run.train
     fits = int(res.get("CPU", 1) // max(t.num_workers * t.cpus_per_worker, 1e-9))
     if t.use_gpu:
         fits = min(fits, int(res.get("GPU", 0) // t.num_workers))
@@ -190,7 +191,7 @@ def _check_cluster(cfg: StudyConfig, *, strict: bool) -> None:
     import ray
 
     res = ray.cluster_resources()
-    t = cfg.train
+    t = cfg.run.train
     need_cpu = t.num_workers * t.cpus_per_worker
     problem = None
     if need_cpu > res.get("CPU", 0) + 1e-9:
@@ -264,23 +265,26 @@ def _pickle_by_value(fns: Sequence[Callable[..., Any]]) -> None:
 
 @dataclass
 class _TrialSetup:
-    """What every trial needs (pickled into the Tune trainable)."""
+    """What every trial needs (pickled into the Tune trainable): the base run, the
+    objectives, where runs go, the registry entries from outside the package."""
 
-    config_json: dict[str, Any]
+    base_run: RunSpec
     objectives: list[str]
     keyed_objectives: list[Any]
     runs_storage: str
+    plugins: list[Any]
 
 
 def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
-    """A Tune function trial: the trial's RunSpec, ``run_training``, a final check."""
+    """A Tune function trial: the trial's RunSpec (one merge), ``run_training``, a final check."""
     from ray import tune
 
-    from .search_space import loss_settings_from_config, seed_from_config
+    from .registry import install_snapshot
+    from .search_space import trial_run
     from .train import run_training
 
-    cfg = StudyConfig.model_validate(setup.config_json)
-    run = cfg.run_for(loss_settings_from_config(config), seed=seed_from_config(config))
+    install_snapshot(setup.plugins)  # before the run is validated here and on the workers
+    run = trial_run(setup.base_run, config)
     trial_id = tune.get_context().get_trial_id()
     result = run_training(
         run, name=trial_id, storage_path=setup.runs_storage,
@@ -386,7 +390,7 @@ def run_study(
         cfg = cfg.model_copy(update={"storage": os.fspath(storage)})
     if not is_uri(cfg.storage):
         cfg = cfg.model_copy(update={"storage": os.path.abspath(os.path.expanduser(cfg.storage))})
-    items = list(objectives) if objectives is not None else list(cfg.objectives)
+    items = list(objectives) if objectives is not None else list(cfg.run.objectives)
     objs = resolve_objectives(items)
     worker_names = [item for item in items if isinstance(item, str)]
     # metric keys: the string given (the workers report "pkg.mod:fn" under that string), or
@@ -398,7 +402,7 @@ def run_study(
     if cfg.scheduler and cfg.scheduler.asha and cfg.scheduler.asha.metric not in modes:
         raise ConfigError(f"{cfg.scheduler.asha.metric!r} is not one of the objectives {list(modes)}", path="scheduler.asha.metric")
     # the workers compute the importable objectives by name; the rest come from the callback
-    cfg = cfg.model_copy(update={"objectives": worker_names or ["miou"]})
+    base_run = cfg.run.model_copy(update={"objectives": worker_names or ["miou"]})
 
     import optuna
     from ray import tune
@@ -413,7 +417,9 @@ def run_study(
 
     exp_path = cfg.experiment_path()
     runs_storage = exp_path + "/" + RUNS_DIR
-    setup = _TrialSetup(cfg.model_dump(mode="json"), list(modes), keyed, runs_storage)
+    from .ray_env import shipped_plugins
+
+    setup = _TrialSetup(base_run, list(modes), keyed, runs_storage, shipped_plugins())
     trainable = tune.with_resources(
         tune.with_parameters(_trial, setup=setup), tune.PlacementGroupFactory([{"memory": 1}])
     )
@@ -510,8 +516,8 @@ def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> S
 
     records = records_from_result_grid(grid)
     stopped = "stopped" if (cfg.scheduler and cfg.scheduler.asha) else "interrupted"
-    trials, history = collect_trials(records, modes, total_steps=cfg.train.steps, stopped_status=stopped,
-                                     default_seed=cfg.train.seed)
+    trials, history = collect_trials(records, modes, total_steps=cfg.run.train.steps, stopped_status=stopped,
+                                     default_seed=cfg.run.train.seed)
     pareto = pareto_front(trials, modes) if len(trials) else trials
     class_names = [c[4:] for c in trials.columns if c.startswith("iou/")] if len(trials) else []
     meta = {
@@ -520,9 +526,9 @@ def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> S
         "class_names": class_names,
         "sampler": cfg.search.sampler or ("nsga2" if len(modes) > 1 else "tpe"),
         "scheduler": "asha" if (cfg.scheduler and cfg.scheduler.asha) else None,
-        "total_steps": cfg.train.steps,
+        "total_steps": cfg.run.train.steps,
         "seeds": list(cfg.search.seeds) if cfg.search.seeds else None,
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.file_dict(),
     }
     path = cfg.experiment_path()
     files = write_tables(path, StudyTables(trials, history, pareto, meta))
