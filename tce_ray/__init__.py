@@ -1,8 +1,8 @@
 """tce-ray: Tilted Cross-Entropy for fair semantic segmentation, with studies on Ray.
 
 The losses, the stochastic-TCE state, the sampler and the metrics work in any PyTorch
-loop without Ray; only ``tce_ray.weights_actor``, ``tce_ray.train``, ``tce_ray.study`` and
-``tce_ray.ray_env`` need it. Public names are re-exported here and imported on first use,
+loop without Ray; only ``tce_ray.weights_actor``, ``tce_ray.train``, ``tce_ray.study``,
+``tce_ray.ray_env`` and ``tce_ray.tune_callbacks`` need it (see ARCHITECTURE.md). Public names are re-exported here and imported on first use,
 so ``import tce_ray`` stays cheap.
 """
 
@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "build_loss": "tce_ray.losses",
     "per_class_ce": "tce_ray.losses",
     "LOSS_NAMES": "tce_ray.losses",
-    # the registries (what a run can name)
+    # the registries (what a run can name), see ARCHITECTURE.md
     "register_loss": "tce_ray.registry",
     "register_dataset": "tce_ray.registry",
     "Setting": "tce_ray.registry",
