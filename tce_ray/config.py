@@ -53,8 +53,8 @@ relative to the current working directory; ``data.root`` is checked and made abs
 during validation (``parse_config`` validates with the context ``check_paths``).
 
 :func:`load_config` raises :class:`ConfigError` (one message: file, line, key path, what
-is wrong and how to fix it). This module imports no Ray (the objective registry it reads
-imports torch, through ``tce_ray.metrics``).
+is wrong and how to fix it). Validation imports neither Ray nor torch (the registries name
+the classes they would build; nothing is built).
 """
 
 from __future__ import annotations
@@ -400,7 +400,7 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StudyConfig:
-        from .objectives import get_objective  # numpy (+ torch, through tce_ray.metrics)
+        from .objectives import get_objective  # numpy only
 
         for name in self.run.objectives:
             try:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tce_ray.registry import LossContext, Setting, get_loss, list_losses, register_loss, register_setting
+from tce_ray.loss_catalog import STOCHASTIC
+from tce_ray.registry import LossContext, Setting, get_loss, list_losses, register_loss
 
 __all__ = [
     "LOSS_NAMES",
@@ -284,65 +285,8 @@ def per_class_ce(
 
 
 # --------------------------------------------------------------------------- registry
-# The settings of the built-in losses and the losses themselves (tce_ray.registry): the run
-# schema, the study's search space, make_loss and the result labels all read these entries.
-
-register_setting(Setting(
-    "t", float, 1.0, "Tilt of the TCE losses (negative: robust, down-weights the hardest terms).",
-    finite=True, search="tilt", label="t"))
-register_setting(Setting(
-    "gamma", float, 0.1, "Rate of stochastic TCE's running tilted loss, in (0, 1].",
-    gt=0.0, le=1.0, search="range", label="γ"))
-register_setting(Setting("focal_gamma", float, 2.0, "Focal loss focusing exponent.", ge=0.0, search="range", label="fγ"))
-register_setting(Setting(
-    "focal_alpha", Literal["inverse_frequency", "none"] | list[float], "inverse_frequency",
-    "Focal class weights: from the training set's pixel frequencies, none, or K numbers."))
-register_setting(Setting(
-    "tilt_signal", Literal["batch", "class"], "batch",
-    "What a worker reports for stochastic TCE: whole-batch MCCE (the paper) or the CE over the drawn "
-    "class's pixels (the project's extension).", search="choice", label="signal", label_omit=("batch",)))
-register_setting(Setting(
-    "weight_floor", float, 0.0, "Mix the tilted weights with uniform so no drawable class is drawn below floor/K.",
-    ge=0.0, le=1.0, search="range", label="floor", label_omit=(0.0,)))
-register_setting(Setting(
-    "min_pixels", int, 1, "Pixels of a class an image needs to count as containing it (the index D_c).", ge=1))
-
-
-def _focal_needs_index(settings: Mapping[str, Any]) -> bool:
-    return settings.get("focal_alpha") == "inverse_frequency"
-
-
-def _focal_alpha(keywords: dict[str, Any], context: LossContext) -> dict[str, Any]:
-    """``alpha`` from ``loss.focal_alpha``: inverse pixel frequencies, none, or K numbers."""
-    alpha = keywords["alpha"]
-    if alpha == "inverse_frequency":
-        alpha = focal_alpha_from_frequencies(context.pixel_frequencies("focal_alpha='inverse_frequency'"))
-    elif alpha == "none":
-        alpha = None
-    elif len(alpha) != context.num_classes:
-        raise ValueError(f"loss.focal_alpha has {len(alpha)} values; the data set has {context.num_classes} classes")
-    else:
-        alpha = list(alpha)
-    return {**keywords, "alpha": alpha}
-
-
-STOCHASTIC = "tce_stochastic"
-"""Stochastic TCE (Algorithm 1): the loss is plain MCCE; the tilt lives in the class weights
-that the run's weight actor keeps and the tilted batch sampler draws from."""
-
-register_loss("mcce")(MCCE)
-register_loss(
-    "focal", settings=("focal_gamma", "focal_alpha"), params={"focal_gamma": "gamma", "focal_alpha": "alpha"},
-    needs_class_index=_focal_needs_index, prepare=_focal_alpha,
-)(FocalLoss)
-register_loss("tce_image", settings=("t",), fixed={"level": "image"}, doc="Image-level tilted CE (eq. 2).")(
-    TiltedCrossEntropy)
-register_loss("tce_class", settings=("t",), fixed={"level": "class"}, doc="Class-level tilted CE (eq. 3).")(
-    TiltedCrossEntropy)
-register_loss(
-    STOCHASTIC, settings=("t", "gamma", "tilt_signal", "weight_floor", "min_pixels"), params={},
-    needs_weight_actor=True, doc="Stochastic TCE: MCCE on batches drawn by the tilted class weights.",
-)(MCCE)
+# The built-in losses and their settings are registry entries (tce_ray.loss_catalog, no torch:
+# a study file is validated without importing this module); what follows derives from them.
 
 LOSS_NAMES: tuple[str, ...] = tuple(list_losses())
 """The built-in losses (``tce_ray.registry.list_losses()`` also lists those registered later)."""
@@ -355,7 +299,8 @@ def build_loss(name: str, **params: Any) -> nn.Module:
     ignore_index. ``tce_stochastic`` returns :class:`MCCE` (the tilt acts via sampling).
     """
     entry = get_loss(name)
-    signature = inspect.signature(entry.factory).parameters
+    factory = entry.resolve_factory()
+    signature = inspect.signature(factory).parameters
     accepted = {k for k in signature if k not in entry.fixed and k != "self"}
     unknown = sorted(set(params) - accepted)
     if unknown:
@@ -367,7 +312,7 @@ def build_loss(name: str, **params: Any) -> nn.Module:
     missing = sorted(required - set(params))
     if missing:
         raise TypeError(f"loss {name!r} needs parameter(s) {', '.join(missing)}")
-    return entry.factory(**entry.fixed, **params)
+    return factory(**entry.fixed, **params)
 
 
 def _loss_settings(run: Any) -> dict[str, Any]:

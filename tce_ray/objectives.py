@@ -22,8 +22,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tce_ray.metrics import fairness_report, present_iou
-
 __all__ = ["Objective", "register_objective", "get_objective", "list_objectives", "resolve_objectives"]
 
 ObjectiveFn = Callable[[np.ndarray], float]
@@ -205,40 +203,49 @@ def resolve_objectives(items: Sequence[Any]) -> list[Objective]:
 
 
 # ---- built-ins: NaN-aware through tce_ray.metrics, so definitions cannot drift ----
+# (imported on first use: naming an objective in a study file imports no torch)
+
+
+def _report(iou: np.ndarray) -> dict[str, Any]:
+    from tce_ray.metrics import fairness_report
+
+    return fairness_report(iou)
 
 
 @register_objective("miou", "maximize")
 def miou(iou: np.ndarray) -> float:
     """Mean IoU over the present classes."""
-    return fairness_report(iou)["miou"]
+    return _report(iou)["miou"]
 
 
 @register_objective("worst_iou", "maximize")
 def worst_iou(iou: np.ndarray) -> float:
     """IoU of the worst present class."""
-    return fairness_report(iou)["worst"]
+    return _report(iou)["worst"]
 
 
 @register_objective("iou_std", "minimize")
 def iou_std(iou: np.ndarray) -> float:
     """Sample standard deviation (ddof=1) of the present classes' IoU."""
-    return fairness_report(iou)["std"]
+    return _report(iou)["std"]
 
 
 @register_objective("bottom25_miou", "maximize")
 def bottom25_miou(iou: np.ndarray) -> float:
     """Mean IoU of the classes at or below their own 25th percentile (fairness_report's p25_mean)."""
-    return fairness_report(iou)["p25_mean"]
+    return _report(iou)["p25_mean"]
 
 
 @register_objective("p25_iou", "maximize")
 def p25_iou(iou: np.ndarray) -> float:
     """25th percentile (linear interpolation) of the present classes' IoU."""
-    return fairness_report(iou)["p25"]
+    return _report(iou)["p25"]
 
 
 @register_objective("iou_gap", "minimize")
 def iou_gap(iou: np.ndarray) -> float:
     """Best minus worst IoU over the present classes."""
+    from tce_ray.metrics import present_iou
+
     u = present_iou(iou)
     return float(np.max(u) - np.min(u))

@@ -22,7 +22,9 @@ the Optuna space (:mod:`tce_ray.search_space`), the labels of the result tables
 Register with :func:`register_loss` (a decorator on the class), :func:`register_setting`,
 :func:`register_dataset`, :func:`register_search_param`; a name already taken by a
 different entry is an error unless ``override=True``. The built-in entries are registered
-by :mod:`tce_ray.losses` and :mod:`tce_ray.data`, imported on the first look-up.
+by :mod:`tce_ray.loss_catalog` and :mod:`tce_ray.data`, imported on the first look-up;
+classes and builders may be named ``"package.module:attr"`` and are imported when first
+built, so that naming or validating them imports no torch.
 
 Entries registered outside the package reach Ray's processes (Tune trials, Train workers)
 with :func:`plugin_snapshot` / :func:`install_snapshot`: the study and the trainer ship
@@ -71,7 +73,7 @@ SearchKind = Literal["range", "tilt", "choice"]
 sign may be searched too (``allow_negative``, see ``config.TSearch``); ``choice`` one of a
 list (a ``Literal`` or ``bool`` setting)."""
 
-_BUILTIN_MODULES = ("tce_ray.losses", "tce_ray.data", "tce_ray.runspec")
+_BUILTIN_MODULES = ("tce_ray.loss_catalog", "tce_ray.data", "tce_ray.runspec")
 """Modules that register the built-in entries (imported on the first look-up): the losses and
 their settings, the data sets, and search parameters of run sections beside ``loss``."""
 
@@ -194,7 +196,7 @@ class LossEntry:
     """
 
     name: str
-    factory: Callable[..., Any]
+    factory: Callable[..., Any] | str
     settings: tuple[str, ...] = ()
     params: Mapping[str, str] = field(default_factory=dict)
     fixed: Mapping[str, Any] = field(default_factory=dict)
@@ -210,13 +212,16 @@ class LossEntry:
         flag = self.needs_class_index
         return bool(flag(settings) if callable(flag) else flag)
 
+    def resolve_factory(self) -> Callable[..., Any]:
+        """The factory (a ``"package.module:attr"`` string is imported now)."""
+        return _resolve(self.factory, f"loss {self.name!r}")
+
     def build(self, settings: Mapping[str, Any], context: LossContext) -> Any:
-        """The loss module for these settings (a mapping or a ``LossSpec``)."""
-        get = settings.get if isinstance(settings, Mapping) else lambda k: getattr(settings, k)
-        keywords = {kw: get(s) for s, kw in self.params.items()}
+        """The loss module for these loss settings (``LossSpec.model_dump()``)."""
+        keywords = {kw: settings[s] for s, kw in self.params.items()}
         if self.prepare is not None:
             keywords = self.prepare(keywords, context)
-        return self.factory(**self.fixed, **keywords)
+        return self.resolve_factory()(**self.fixed, **keywords)
 
 
 @dataclass(frozen=True)
@@ -356,6 +361,7 @@ def register_setting(setting: Setting, *, override: bool = False, _origin: str |
 def register_loss(
     name: str,
     *,
+    factory: str | None = None,
     settings: Sequence[str | Setting] = (),
     params: Mapping[str, str] | None = None,
     fixed: Mapping[str, Any] | None = None,
@@ -375,13 +381,15 @@ def register_loss(
 
     ``settings``: names of registered settings or new :class:`Setting` objects (registered
     with the loss); ``params``: setting -> factory keyword (default: every setting under its
-    own name). See :class:`LossEntry` for the rest. A name already registered with another
-    definition raises ValueError unless ``override=True``.
+    own name). See :class:`LossEntry` for the rest. ``factory="package.module:Class"``
+    registers at once without importing the class (the built-ins do, to keep validation
+    free of torch). A name already registered with another definition raises ValueError
+    unless ``override=True``.
     """
     origin = _caller_module()
 
-    def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
-        if not callable(factory):
+    def decorator(factory: Callable[..., Any] | str) -> Callable[..., Any] | str:
+        if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
             raise TypeError(f"@register_loss({name!r}) must decorate a class or function, got {factory!r}")
         _load_builtins()  # a plugin may list the built-in settings by name
         names = []
@@ -399,14 +407,15 @@ def register_loss(
         stray = sorted(set(kw) - set(names))
         if stray:
             raise ValueError(f"loss {name!r}: params name settings it does not take: {stray}")
+        summary = doc if doc is not None else ("" if isinstance(factory, str) else factory.__doc__ or "")
         entry = LossEntry(
             name, factory, tuple(names), kw, dict(fixed or {}), needs_class_index, needs_weight_actor, prepare,
-            (doc if doc is not None else (factory.__doc__ or "")).strip().split("\n")[0],
+            summary.strip().split("\n")[0],
         )
         _add(_LOSSES, "loss", name, entry, override, origin)
         return factory
 
-    return decorator
+    return decorator if factory is None else decorator(factory)
 
 
 def register_dataset(

@@ -99,9 +99,11 @@ def test_t_must_be_finite_wherever_it_is_given():
 
 
 def test_duplicates_are_loud_and_identical_entries_are_not(clean_registry):
-    with pytest.raises(ValueError, match="loss 'mcce' is already registered .*tce_ray.losses.*override=True"):
+    with pytest.raises(ValueError, match="loss 'mcce' is already registered .*tce_ray.loss_catalog.*override=True"):
         register_loss("mcce")(FocalLoss)
-    register_loss("mcce")(MCCE)  # the same definition again: nothing happens
+    mcce = get_loss("mcce")
+    register_loss("mcce", factory=mcce.factory, doc=mcce.doc)  # the same definition again: nothing happens
+    assert get_loss("mcce") is mcce
     with pytest.raises(ValueError, match="setting 't' is already registered"):
         register_setting(Setting("t", float, 0.0))
     with pytest.raises(ValueError, match="unknown setting 'tt'.*Setting"):
