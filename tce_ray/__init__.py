@@ -1,8 +1,8 @@
 """tce-ray: Tilted Cross-Entropy for fair semantic segmentation, with studies on Ray.
 
 The losses, the stochastic-TCE state, the sampler and the metrics work in any PyTorch
-loop without Ray; only ``tce_ray.weights_actor``, ``tce_ray.train`` and
-``tce_ray.study`` need it. Public names are re-exported here and imported on first use,
+loop without Ray; only ``tce_ray.weights_actor``, ``tce_ray.train``, ``tce_ray.study``,
+``tce_ray.ray_env`` and ``tce_ray.tune_callbacks`` need it (see ARCHITECTURE.md). Public names are re-exported here and imported on first use,
 so ``import tce_ray`` stays cheap.
 """
 
@@ -22,6 +22,11 @@ _EXPORTS: dict[str, str] = {
     "build_loss": "tce_ray.losses",
     "per_class_ce": "tce_ray.losses",
     "LOSS_NAMES": "tce_ray.losses",
+    # the registries (what a run can name), see ARCHITECTURE.md
+    "register_loss": "tce_ray.registry",
+    "register_dataset": "tce_ray.registry",
+    "Setting": "tce_ray.registry",
+    "list_losses": "tce_ray.registry",
     # stochastic TCE state
     "TiltState": "tce_ray.tilt",
     # metrics and objectives
@@ -76,6 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from tce_ray.metrics import confusion_matrix, fairness_report, per_class_iou
     from tce_ray.models import deeplabv3plus
     from tce_ray.objectives import Objective, get_objective, list_objectives, register_objective
+    from tce_ray.registry import Setting, list_losses, register_dataset, register_loss
     from tce_ray.runspec import RunSpec
     from tce_ray.sampling import ClassIndex, TiltedBatchSampler
     from tce_ray.study import run_study

@@ -2,7 +2,10 @@
 
 A study file is a :class:`~tce_ray.runspec.RunSpec` (the base run: ``data``, ``model``,
 ``loss``, ``optim``, ``train``, ``objectives``) plus what turns it into a study
-(``name``, ``storage``, ``search``, ``scheduler``, ``resources``, ``optuna_storage``)::
+(``name``, ``storage``, ``search``, ``scheduler``, ``resources``, ``optuna_storage``,
+``plugins``). :class:`StudyConfig` is composed the same way: ``cfg.run`` is the base
+:class:`RunSpec` (the file keeps its sections at the top level) and the study's own
+sections sit beside it::
 
     name: synthetic_fairness          # results go to <storage>/<name>/
     storage: ./results                # a local path or a URI Ray accepts (s3://...)
@@ -29,6 +32,12 @@ A study file is a :class:`~tce_ray.runspec.RunSpec` (the base run: ``data``, ``m
       asha: {metric: worst_iou, grace_period: 2}
     resources: {max_concurrent_trials: 1}
     optuna_storage: sqlite:///results/optuna.db   # optional
+    plugins: [mypackage.losses]       # optional: modules imported first (they register
+                                      # losses, data sets, objectives; see tce_ray.registry)
+
+The loss names, the loss settings (``loss``, ``search.configurations``) and the searched
+keys of ``search`` (``t``, ``gamma``, ... and those plugins register) come from
+``tce_ray.registry``: each setting's type and bounds are stated once there.
 
 Seeds: with ``search.seeds`` (a non-empty list of distinct ints in [0, 2**32)) every
 explicit configuration runs once per seed, the seed replacing ``train.seed`` (model
@@ -40,27 +49,32 @@ settings, the explicit configurations measure the spread over seeds).
 
 String values may use ``${VAR}`` and ``${VAR:-default}``; an unset variable without a
 default is an error naming it. Relative local paths (``storage``, ``data.root``) are taken
-relative to the current working directory.
+relative to the current working directory; ``data.root`` is checked and made absolute
+during validation (``parse_config`` validates with the context ``check_paths``).
 
 :func:`load_config` raises :class:`ConfigError` (one message: file, line, key path, what
-is wrong and how to fix it). This module imports neither Ray nor torch.
+is wrong and how to fix it). Validation imports neither Ray nor torch (the registries name
+the classes they would build; nothing is built).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from .registry import SearchParam, get_search_param, list_losses, list_settings, search_params
+from .runspec import BUILTIN_STUDY, KeyPathError, RegistryShaped, RunSpec, is_uri
 
 MAX_SEED = 2**32
 """Seeds of ``search.seeds`` lie in [0, MAX_SEED) (what numpy and torch accept everywhere)."""
-
-from .runspec import DataSpec, LossName, LossSpec, ModelSpec, OptimSpec, RunSpec, TrainSpec
 
 __all__ = [
     "ConfigError",
@@ -72,24 +86,13 @@ __all__ = [
     "SchedulerSpec",
     "AshaSpec",
     "ResourcesSpec",
-    "DATASET_NAMES",
     "load_config",
     "parse_config",
     "expand_env",
     "is_uri",
 ]
 
-DATASET_NAMES: tuple[str, ...] = ("synthetic", "cityscapes", "ade20k", "camvid", "folder")
-"""The data sets of ``tce_ray.data.build_dataset`` (checked without importing torch)."""
-
-_DATA_HINTS: dict[str, tuple[str, str]] = {
-    # name -> (what the root holds, the usual environment variable)
-    "cityscapes": ("leftImg8bit/ and gtFine/ (from cityscapes-dataset.com)", "CITYSCAPES_DATASET"),
-    "ade20k": ("ADEChallengeData2016/ (images/ and annotations/)", "ADE20K_ROOT"),
-    "camvid": ("train/, trainannot/, val/, valannot/ (the 11-class SegNet version)", "TCE_CAMVID_ROOT"),
-    "folder": ("<split>/ images and <split>annot/ label maps", ""),
-}
-BUILTIN_STUDY = "studies/synthetic_fairness.yaml"
+_PathError = KeyPathError
 
 
 class ConfigError(ValueError):
@@ -116,27 +119,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FloatRange(_Strict):
-    """A float searched in [low, high], uniform or log-uniform."""
+class _Range(_Strict):
+    """A range ``[low, high]`` searched uniform or log-uniform (``log``)."""
 
     low: float
     high: float
     log: bool = False
 
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
+    def _ordered(self, fix: str) -> None:
         if not self.low < self.high:
-            raise _PathError("high", f"high ({self.high}) must be above low ({self.low}); use a plain number to fix the value")
+            raise _PathError("high", f"high ({self.high}) must be above low ({self.low}); use a plain number to fix {fix}")
+
+
+class FloatRange(_Range):
+    """A float searched in [low, high], uniform or log-uniform."""
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatRange:
+        self._ordered("the value")
         if self.log and self.low <= 0:
             raise _PathError("low", f"a log range needs low > 0 (got {self.low}); set log: false for a uniform range")
         return self
 
 
-class TSearch(_Strict):
-    """The tilt t: log-uniform over [low, high] by default. Negative t (robust tilting)
-    only with ``allow_negative: true``: with ``log: true`` |t| is drawn log-uniform from
-    [low, high] and its sign is a categorical parameter; with ``log: false`` t is uniform
-    over [low, high] and low may be negative."""
+class TSearch(_Range):
+    """The tilt t (the ``tilt`` kind of search parameter): log-uniform over [low, high] by
+    default. Negative t (robust tilting) only with ``allow_negative: true``: with ``log:
+    true`` |t| is drawn log-uniform from [low, high] and its sign is a categorical
+    parameter; with ``log: false`` t is uniform over [low, high] and low may be negative."""
 
     low: float = 0.01
     high: float = 10.0
@@ -145,8 +155,7 @@ class TSearch(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TSearch:
-        if not self.low < self.high:
-            raise _PathError("high", f"high ({self.high}) must be above low ({self.low}); use a plain number to fix t")
+        self._ordered("t")
         if self.log and self.low <= 0:
             raise _PathError("low", 
                 f"log-uniform t needs low > 0 (got {self.low}); for negative t set allow_negative: true "
@@ -157,55 +166,87 @@ class TSearch(_Strict):
         return self
 
 
-class ConfigurationSpec(_Strict):
-    """An explicit trial: loss settings evaluated before the sampled trials. Settings
-    left out come from the base run's ``loss`` section (they are not sampled)."""
+def _other_sections() -> list[str]:
+    """Run sections beside ``loss`` that hold search parameters (``sampling``): an explicit
+    configuration may give their values too, nested under the section's name."""
+    return sorted({p.section for p in search_params() if p.section != "loss"})
 
-    name: LossName
-    t: float | None = None
-    gamma: float | None = Field(None, gt=0.0, le=1.0)
-    focal_gamma: float | None = Field(None, ge=0.0)
-    focal_alpha: Literal["inverse_frequency", "none"] | list[float] | None = None
-    tilt_signal: Literal["batch", "class"] | None = None
-    weight_floor: float | None = Field(None, ge=0.0, le=1.0)
-    min_pixels: int | None = Field(None, ge=1)
+
+class ConfigurationSpec(RegistryShaped):
+    """An explicit trial, evaluated before the sampled ones: a loss ``name`` and any loss
+    settings, flat (``{name: tce_stochastic, t: 0.1}``), and values of other searchable
+    sections nested (``sampling: {...}``). What it leaves out comes from the base run (it
+    is not sampled)."""
+
+    @classmethod
+    def build_schema(cls) -> type[BaseModel]:
+        fields: dict[str, Any] = {"name": (Literal[tuple(list_losses())], ...)}
+        for s in list_settings():
+            fields[s.name] = (s.annotation() | None, None)
+        for section in _other_sections():
+            fields[section] = (dict[str, Any] | None, None)
+        return create_model("ConfigurationSpec", __config__=ConfigDict(extra="forbid"), **fields)
 
     def settings(self) -> dict[str, Any]:
-        """The fields given (loss settings, ``name`` included)."""
-        return self.model_dump(exclude_none=True)
+        """The loss settings given (``name`` included)."""
+        return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in _other_sections()}
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """What it changes in the base run: ``{"loss": {...}, <section>: {...}}``."""
+        given = self.model_dump(exclude_none=True)
+        return {"loss": self.settings(), **{k: given[k] for k in _other_sections() if k in given}}
 
 
-def _check_range(v: Any, what: str, ok: Any, interval: str) -> None:
-    if v is None:
-        return
+def _check_range(v: Any, param: SearchParam) -> Any:
+    """A searched range or a fixed value must lie in the parameter's bounds."""
+    b = param.bounds
     if isinstance(v, FloatRange):
         for key in ("low", "high"):
-            x = getattr(v, key)
-            if not ok(x):
-                raise _PathError(key, f"{what} must lie in {interval} (got {key} = {x})")
-    elif not ok(v):
-        raise _PathError("", f"{what} must lie in {interval} (got {v})")
+            if not b.contains(getattr(v, key)):
+                raise _PathError(key, f"{param.key} must lie in {b.interval()} (got {key} = {getattr(v, key)})")
+    elif v is not None and not b.contains(v):
+        raise _PathError("", f"{param.key} must lie in {b.interval()} (got {v})")
+    return v
 
 
-class SearchSpec(_Strict):
-    """What Optuna samples (define-by-run, conditional on the loss; see search_space.py)."""
+def _check_fixed_finite(v: Any, param: SearchParam) -> Any:
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        raise ValueError(f"{param.key} must be finite")
+    return v
+
+
+def _check_choices(v: Any, param: SearchParam) -> Any:
+    if isinstance(v, list) and not v:
+        raise ValueError(f"an empty list; give one or more of {_choices_text(param)} or leave it out")
+    return v
+
+
+def _choices_text(param: SearchParam) -> str:
+    return ", ".join(repr(c) for c in param.choices)
+
+
+def _param_annotation(p: SearchParam) -> Any:
+    """How a search parameter is given in ``search:``: a fixed value or what is searched."""
+    def bind(check: Any) -> AfterValidator:
+        return AfterValidator(lambda v: check(v, p))
+
+    if p.kind == "choice":
+        one = Literal[p.choices]
+        return Annotated[list[one] | one | None, bind(_check_choices)]
+    if p.kind == "tilt":
+        return Annotated[TSearch | float | None, bind(_check_fixed_finite)]
+    return Annotated[FloatRange | float | None, bind(_check_range)]
+
+
+class _SearchFields(_Strict):
+    """The fixed keys of ``search`` (the searched ones come from the registry)."""
 
     sampler: Literal["nsga2", "tpe", "random"] | None = None
     num_samples: int = Field(0, ge=0)
-    """Sampled trials, run after the explicit ``configurations``."""
     seed: int = 0
     population_size: int | None = Field(None, ge=2)
-    """NSGA-II's population (default: min(50, max(2, total trials // 2)))."""
-    losses: list[LossName] | None = None
-    t: TSearch | float | None = None
-    gamma: FloatRange | float | None = None
-    focal_gamma: FloatRange | float | None = None
-    tilt_signal: list[Literal["batch", "class"]] | Literal["batch", "class"] | None = None
-    weight_floor: FloatRange | float | None = None
     configurations: list[ConfigurationSpec] = Field(default_factory=list)
     seeds: list[int] | None = None
-    """Run every explicit configuration once per seed (the seed replaces ``train.seed`` of
-    that trial); sampled trials keep the base ``train.seed``. None: one run each."""
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -227,7 +268,7 @@ class SearchSpec(_Strict):
             raise ValueError(f"duplicate seeds {dups} in {v}; each seed runs every configuration once, list it once")
         return v
 
-    @field_validator("losses")
+    @field_validator("losses", check_fields=False)
     @classmethod
     def _nonempty_losses(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
@@ -237,37 +278,40 @@ class SearchSpec(_Strict):
                 raise ValueError(f"duplicate loss names in {v}")
         return v
 
-    @field_validator("t")
-    @classmethod
-    def _finite_t(cls, v: Any) -> Any:
-        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-            raise ValueError("t must be finite")
-        return v
 
-    @field_validator("gamma")
-    @classmethod
-    def _gamma_range(cls, v: Any) -> Any:
-        _check_range(v, "gamma", lambda x: 0.0 < x <= 1.0, "(0, 1]")
-        return v
+class SearchSpec(RegistryShaped):
+    """What Optuna samples (define-by-run, conditional on the loss; see search_space.py).
 
-    @field_validator("focal_gamma")
-    @classmethod
-    def _focal_range(cls, v: Any) -> Any:
-        _check_range(v, "focal_gamma", lambda x: x >= 0.0, "[0, inf)")
-        return v
+    Fixed keys: ``sampler`` (nsga2 | tpe | random), ``num_samples`` (sampled trials, run
+    after the explicit ``configurations``), ``seed`` (the sampler's), ``population_size``
+    (NSGA-II's; default min(50, max(2, total trials // 2))), ``losses`` (categorical;
+    absent: the base loss), ``configurations``, ``seeds`` (run every explicit
+    configuration once per seed, the seed replacing ``train.seed`` of that trial; sampled
+    trials keep the base ``train.seed``). Then one key per search parameter of the
+    registry (``t``, ``gamma``, ``focal_gamma``, ``tilt_signal``, ``weight_floor``, ...):
+    a fixed value, a range ``{low, high[, log]}`` or, for a choice, a list."""
 
-    @field_validator("weight_floor")
-    @classmethod
-    def _floor_range(cls, v: Any) -> Any:
-        _check_range(v, "weight_floor", lambda x: 0.0 <= x <= 1.0, "[0, 1]")
-        return v
+    if typing.TYPE_CHECKING:
+        sampler: str | None
+        num_samples: int
+        seed: int
+        population_size: int | None
+        losses: list[str] | None
+        configurations: list[ConfigurationSpec]
+        seeds: list[int] | None
 
-    @field_validator("tilt_signal")
     @classmethod
-    def _nonempty_signal(cls, v: Any) -> Any:
-        if isinstance(v, list) and not v:
-            raise ValueError("an empty list; give [batch], [class], [batch, class] or leave it out")
-        return v
+    def build_schema(cls) -> type[BaseModel]:
+        fields: dict[str, Any] = {"losses": (list[Literal[tuple(list_losses())]] | None, None)}
+        for p in search_params():
+            if p.key in _SearchFields.model_fields or p.key == "losses":
+                raise ValueError(f"search parameter {p.key!r} clashes with the fixed key search.{p.key}")
+            fields[p.key] = (_param_annotation(p), None)
+        return create_model("SearchSpec", __base__=_SearchFields, **fields)
+
+    def param(self, key: str) -> Any:
+        """What ``search.<key>`` says (None: absent)."""
+        return getattr(self, key, None)
 
     def configuration_runs(self) -> list[tuple[int, int | None]]:
         """The explicit trials in queue order: (configuration index, seed or None), seed by
@@ -308,17 +352,18 @@ class ResourcesSpec(_Strict):
 
 
 class StudyConfig(_Strict):
-    """One study: a base :class:`RunSpec`, the search space, objectives and resources."""
+    """One study: the base run (``run``, a :class:`RunSpec`) and the study's own sections.
+
+    The study file (and the dict ``parse_config`` takes) keeps the run's sections at the top
+    level (``data``, ``loss``, ``train``, ...); validation gathers them into ``run``."""
 
     name: str
     """Also the results folder's name: letters, digits, ``_ . -``."""
     storage: str = "./results"
-    data: DataSpec = Field(default_factory=DataSpec)
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    loss: LossSpec = Field(default_factory=LossSpec)
-    optim: OptimSpec = Field(default_factory=OptimSpec)
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    objectives: list[str] = Field(default_factory=lambda: ["worst_iou", "iou_std"])
+    plugins: list[str] = Field(default_factory=list)
+    """Modules imported before the rest is validated: they register losses, data sets,
+    search parameters or objectives (``tce_ray.registry``, ``tce_ray.objectives``)."""
+    run: RunSpec = Field(default_factory=RunSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -326,24 +371,24 @@ class StudyConfig(_Strict):
     """An Optuna RDB URL (``sqlite:///path.db``, ``postgresql://...``) to browse the study
     with optuna-dashboard; default: in memory (saved with Tune's searcher state)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _compose(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        _import_plugins(data.get("plugins"))
+        flat = {k: data[k] for k in RunSpec.model_fields if k in data}
+        if not flat:
+            return data
+        if "run" in data:
+            raise _PathError("run", "give the run's sections (data, model, loss, ...) at the top level or under run, not both")
+        return {**{k: v for k, v in data.items() if k not in flat}, "run": flat}
+
     @field_validator("name")
     @classmethod
     def _folder_name(cls, v: str) -> str:
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", v):
             raise ValueError(f"{v!r} is not usable as a folder name: use letters, digits, '_', '.', '-'")
-        return v
-
-    @field_validator("objectives")
-    @classmethod
-    def _known_objectives(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("name at least one objective (e.g. [worst_iou, iou_std])")
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate objectives in {v}")
-        from .objectives import get_objective  # numpy only
-
-        for name in v:
-            get_objective(name)  # ValueError listing the registered names
         return v
 
     @field_validator("optuna_storage")
@@ -353,17 +398,15 @@ class StudyConfig(_Strict):
             raise ValueError(f"{v!r} is not a database URL; use e.g. sqlite:///results/optuna.db")
         return v
 
-    @field_validator("data")
-    @classmethod
-    def _dataset(cls, v: DataSpec) -> DataSpec:
-        if v.name not in DATASET_NAMES:
-            close = difflib.get_close_matches(v.name, DATASET_NAMES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise _PathError("name", f"unknown data set {v.name!r}{hint}; valid names: {', '.join(DATASET_NAMES)}")
-        return v
-
     @model_validator(mode="after")
     def _cross_checks(self) -> StudyConfig:
+        from .objectives import get_objective  # numpy only
+
+        for name in self.run.objectives:
+            try:
+                get_objective(name)
+            except ValueError as e:  # the message lists the registered names
+                raise _PathError("objectives", str(e)) from None
         s = self.search
         if s.total_trials() < 1:
             raise _PathError("search.num_samples", "the study has no trial: set num_samples >= 1 or list configurations")
@@ -374,37 +417,32 @@ class StudyConfig(_Strict):
             )
         for i, c in enumerate(s.configurations):
             try:
-                LossSpec.model_validate({**self.loss.model_dump(), **c.settings()})
+                self.run.merged(c.overrides())
             except ValidationError as exc:
-                err = exc.errors()[0]
-                raise _PathError(f"search.configurations.{i}.{'.'.join(map(str, err['loc']))}", err["msg"]) from None
+                loc = [str(p) for p in exc.errors()[0]["loc"]]
+                where = loc[1:] if loc[0] == "loss" else loc  # loss settings sit flat in a configuration
+                raise _PathError(f"search.configurations.{i}.{'.'.join(where)}", exc.errors()[0]["msg"]) from None
         if self.scheduler is not None and self.scheduler.asha is not None:
             metric = self.scheduler.asha.metric
-            if metric not in self.objectives:
+            if metric not in self.run.objectives:
                 raise _PathError(
-                    "scheduler.asha.metric", f"{metric!r} is not one of the study's objectives {self.objectives}"
+                    "scheduler.asha.metric", f"{metric!r} is not one of the study's objectives {self.run.objectives}"
                 )
         return self
 
     # ------------------------------------------------------------------ helpers
 
-    def base_run(self) -> RunSpec:
-        """The base run (every section but the study's own)."""
-        return RunSpec(
-            data=self.data, model=self.model, loss=self.loss, optim=self.optim, train=self.train,
-            objectives=list(self.objectives),
-        )
-
     def run_for(self, loss_settings: dict[str, Any], seed: int | None = None) -> RunSpec:
         """The base run with a trial's loss settings (``name``, ``t``, ...) applied, and
-        ``train.seed`` replaced by ``seed`` when one is given."""
-        run = self.base_run().model_dump(mode="json")
-        run["loss"].update({k: v for k, v in loss_settings.items() if v is not None})
-        if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise TypeError(f"seed must be an int, got {seed!r}")
-            run["train"]["seed"] = seed
-        return RunSpec.model_validate(run)
+        ``train.seed`` replaced by ``seed`` when one is given (one validated merge)."""
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        return self.run.merged({"loss": loss_settings, "train": {"seed": seed}})
+
+    def file_dict(self) -> dict[str, Any]:
+        """The study as its file has it (the run's sections at the top level), JSON-safe."""
+        out = self.model_dump(mode="json")
+        return {**{k: v for k, v in out.items() if k != "run"}, **out["run"]}
 
     def experiment_path(self) -> str:
         """``<storage>/<name>`` (a URI stays a URI)."""
@@ -412,26 +450,24 @@ class StudyConfig(_Strict):
 
     def evaluations_per_run(self) -> int:
         """Reports of a full run (every ``eval_every`` steps and at the end)."""
-        t = self.train
+        t = self.run.train
         return len(set(range(t.eval_every, t.steps + 1, t.eval_every)) | {t.steps})
 
 
-class _PathError(ValueError):
-    """Raised inside validators to name an exact key path, relative to the validated
-    value's own location (turned into ConfigError)."""
-
-    def __init__(self, path: str, message: str):
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}")
+def _import_plugins(modules: Any) -> None:
+    """Import the study's ``plugins`` (before validation: they register what it names)."""
+    if modules is None:
+        return
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise _PathError("plugins", f"expected a list of module names such as [mypackage.losses], got {modules!r}")
+    for i, name in enumerate(modules):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - any failure of the user's module is the message
+            raise _PathError(f"plugins.{i}", f"cannot import module {name!r}: {type(e).__name__}: {e}") from None
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def is_uri(path: str) -> bool:
-    """``s3://bucket/x``, ``gs://...``, ``file:///...`` (not a Windows drive letter)."""
-    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", path))
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -522,7 +558,7 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
             cur = cur[part]
         elif isinstance(cur, dict) and isinstance(part, str):
             model = _model_at(tuple(out))
-            if model is not None and part in model.model_fields:
+            if model is not None and part in _fields(model):
                 out.append(part)  # a missing key
                 break
     return tuple(out)
@@ -550,7 +586,7 @@ def _describe(err: dict[str, Any], data: Any, path: tuple[Any, ...]) -> str:
         parent = path[:-1]
         model = _model_at(parent)
         key = path[-1]
-        valid = sorted(model.model_fields) if model else []
+        valid = sorted(_fields(model)) if model else []
         close = difflib.get_close_matches(str(key), valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         where = f" in '{_dotted(parent)}'" if parent else ""
@@ -565,6 +601,18 @@ def _describe(err: dict[str, Any], data: Any, path: tuple[Any, ...]) -> str:
     return msg
 
 
+def _fields(model: type[BaseModel]) -> dict[str, Any]:
+    """The keys a model takes as the file spells them: a registry-shaped section's from the
+    registry, the study's with the run's sections at the top level."""
+    if issubclass(model, RegistryShaped):
+        model = model.schema_model()
+    fields = dict(model.model_fields)
+    if model is StudyConfig:
+        del fields["run"]
+        fields.update(RunSpec.model_fields)
+    return fields
+
+
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model of a (dict) key path, for 'valid keys' hints."""
     model: type[BaseModel] | None = StudyConfig
@@ -573,7 +621,7 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
             return None
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(str(part))
+        field = _fields(model).get(str(part))
         if field is None:
             return None
         model = _first_model(field.annotation)
@@ -581,8 +629,6 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def _first_model(tp: Any) -> type[BaseModel] | None:
-    import typing
-
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return tp
     for arg in typing.get_args(tp):
@@ -604,9 +650,23 @@ def _pick(errors: list[dict[str, Any]], data: Any) -> tuple[dict[str, Any], tupl
     return best, best_path
 
 
+def _file_loc(loc: tuple[Any, ...], data: dict[str, Any]) -> tuple[Any, ...]:
+    """A pydantic location as the file spells it: the run's sections sit at the top level."""
+    return loc[1:] if loc[:1] == ("run",) and "run" not in data else loc
+
+
+def _union_message(path: tuple[Any, ...], got: Any) -> str:
+    """The message for a value that fits no member of a searched key's union."""
+    param = get_search_param(str(path[-1])) if len(path) >= 2 and path[-2] == "search" else None
+    if param is not None and param.kind == "choice":
+        return f"expected {_choices_text(param)} or a list of them (got {got!r})"
+    return f"expected a number (a fixed value) or a range {{low, high[, log]}} (got {got!r})"
+
+
 def parse_config(data: Any, *, file: str | None = None, text: str | None = None) -> StudyConfig:
-    """Validate a study given as a mapping (``${VAR}`` expanded first). ``file``/``text``
-    only improve the messages (line numbers). Raises :class:`ConfigError`."""
+    """Validate a study given as a mapping (``${VAR}`` expanded first, ``data.root`` checked
+    and made absolute). ``file``/``text`` only improve the messages (line numbers). Raises
+    :class:`ConfigError`."""
     lines = _line_map(text) if text is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"a study must be a mapping of keys (name, data, train, search, ...), got {type(data).__name__}", file=file, line=1 if text else None)
@@ -615,9 +675,9 @@ def parse_config(data: Any, *, file: str | None = None, text: str | None = None)
         path, exc = env_errors[0]
         raise ConfigError(exc.message, path=exc.path, line=_lookup(lines, path), file=file)
     try:
-        cfg = StudyConfig.model_validate(data)
+        return StudyConfig.model_validate(data, context={"check_paths": True})
     except ValidationError as exc:
-        errors = exc.errors()
+        errors = [{**e, "loc": _file_loc(tuple(e["loc"]), data)} for e in exc.errors()]
         err, path = _pick(errors, data)
         ctx_err = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_err, _PathError):
@@ -626,49 +686,8 @@ def parse_config(data: Any, *, file: str | None = None, text: str | None = None)
             raise ConfigError(ctx_err.message, path=_dotted(path), line=_lookup(lines, path), file=file) from None
         message = _describe(err, data, path)
         if sum(_data_path(tuple(e["loc"]), data) == path for e in errors) > 1 and err["type"] in _TYPE_ERRORS:
-            got = _get(data, path)
-            if path and path[-1] == "tilt_signal":
-                message = f"expected 'batch', 'class' or a list of them (got {got!r})"
-            else:
-                message = f"expected a number (a fixed value) or a range {{low, high[, log]}} (got {got!r})"
+            message = _union_message(path, _get(data, path))
         raise ConfigError(message, path=_dotted(path), line=_lookup(lines, path), file=file) from None
-    except _PathError as exc:  # pragma: no cover - pydantic wraps these, kept for safety
-        path = tuple(int(p) if p.isdigit() else p for p in exc.path.split("."))
-        raise ConfigError(exc.message, path=exc.path, line=_lookup(lines, path), file=file) from None
-    _check_data_root(cfg, lines, file)
-    return cfg
-
-
-def _check_data_root(cfg: StudyConfig, lines: dict[tuple[Any, ...], int], file: str | None) -> None:
-    d = cfg.data
-    if d.name == "synthetic":
-        if d.root:
-            raise ConfigError(
-                "the synthetic data set is generated on the fly and takes no root; remove data.root "
-                "(or set data.name to the data set that lives there)",
-                path="data.root", line=_lookup(lines, ("data", "root")), file=file,
-            )
-        return
-    what, var = _DATA_HINTS.get(d.name, ("the data set's files", ""))
-    env_hint = f", or set {var} to where it is" if var else ""
-    howto = f"To try the method without downloading anything, run the built-in study: python -m tce_ray.study {BUILTIN_STUDY}"
-    if not d.root and var and os.environ.get(var):
-        d.root = os.environ[var]  # the data module's own fallback; checked below like a given root
-    if not d.root:
-        raise ConfigError(
-            f"the {d.name} data set needs data.root: the folder holding {what}{env_hint}. {howto}",
-            path="data.root", line=_lookup(lines, ("data", "root")), file=file,
-        )
-    if is_uri(d.root):
-        return  # remote data: the data module checks it on the workers
-    root = Path(d.root).expanduser()
-    if not root.is_dir():
-        raise ConfigError(
-            f"no {d.name} data at {str(root)!r} (resolved to {root.resolve()}): put {what} there{env_hint}. {howto}",
-            path="data.root", line=_lookup(lines, ("data", "root")), file=file,
-        )
-    # absolute, so that Ray workers (whose working directory is not the user's) find it too
-    d.root = str(root.resolve())
 
 
 def load_config(path: str | os.PathLike[str]) -> StudyConfig:

@@ -31,8 +31,9 @@ Where the project resolves an ambiguity of the paper (see ``shared/SPEC.md``):
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -40,17 +41,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tce_ray.loss_catalog import STOCHASTIC
+from tce_ray.registry import LossContext, Setting, get_loss, list_losses, register_loss
+
 __all__ = [
     "LOSS_NAMES",
+    "STOCHASTIC",
     "MCCE",
     "FocalLoss",
     "TiltedCrossEntropy",
     "build_loss",
     "focal_alpha_from_frequencies",
     "per_class_ce",
+    "make_loss",
+    "needs_class_index",
+    "needs_weight_actor",
+    "register_loss",
+    "Setting",
 ]
-
-LOSS_NAMES: tuple[str, ...] = ("mcce", "focal", "tce_image", "tce_class", "tce_stochastic")
 
 T_ZERO: float = 1e-8
 """Tilts with ``|t|`` below this are treated as exactly 0 (the plain mean)."""
@@ -276,44 +284,56 @@ def per_class_ce(
     return sums, counts
 
 
-# --------------------------------------------------------------------------- factory
-_Factory = Callable[..., nn.Module]
-_REGISTRY: dict[str, tuple[_Factory, frozenset[str], frozenset[str]]] = {
-    # name: (factory, accepted params, required params)
-    "mcce": (MCCE, frozenset({"ignore_index"}), frozenset()),
-    "focal": (FocalLoss, frozenset({"alpha", "gamma", "ignore_index"}), frozenset()),
-    "tce_image": (
-        lambda **p: TiltedCrossEntropy(level="image", **p),
-        frozenset({"t", "ignore_index"}),
-        frozenset({"t"}),
-    ),
-    "tce_class": (
-        lambda **p: TiltedCrossEntropy(level="class", **p),
-        frozenset({"t", "ignore_index"}),
-        frozenset({"t"}),
-    ),
-    # stochastic TCE trains on plain MCCE; its tilt lives in the sampler's TiltState
-    "tce_stochastic": (MCCE, frozenset({"ignore_index"}), frozenset()),
-}
-assert tuple(_REGISTRY) == LOSS_NAMES
+# --------------------------------------------------------------------------- registry
+# The built-in losses and their settings are registry entries (tce_ray.loss_catalog, no torch:
+# a study file is validated without importing this module); what follows derives from them.
+
+LOSS_NAMES: tuple[str, ...] = tuple(list_losses())
+"""The built-in losses (``tce_ray.registry.list_losses()`` also lists those registered later)."""
 
 
 def build_loss(name: str, **params: Any) -> nn.Module:
-    """Build a loss by name (one of :data:`LOSS_NAMES`).
+    """Build a registered loss by name with its class's own arguments.
 
-    Params: ``focal``: alpha, gamma; ``tce_image``/``tce_class``: t (required); all:
+    Built-ins: ``focal``: alpha, gamma; ``tce_image``/``tce_class``: t (required); all:
     ignore_index. ``tce_stochastic`` returns :class:`MCCE` (the tilt acts via sampling).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")
-    factory, accepted, required = _REGISTRY[name]
+    entry = get_loss(name)
+    factory = entry.resolve_factory()
+    signature = inspect.signature(factory).parameters
+    accepted = {k for k in signature if k not in entry.fixed and k != "self"}
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise TypeError(
             f"loss {name!r} got unknown parameter(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(sorted(accepted))}"
         )
+    required = {k for k in accepted if signature[k].default is inspect.Parameter.empty}
     missing = sorted(required - set(params))
     if missing:
         raise TypeError(f"loss {name!r} needs parameter(s) {', '.join(missing)}")
-    return factory(**params)
+    return factory(**entry.fixed, **params)
+
+
+def _loss_settings(run: Any) -> dict[str, Any]:
+    loss = run.loss
+    return loss.model_dump() if hasattr(loss, "model_dump") else dict(loss)
+
+
+def make_loss(run: Any, num_classes: int, index: Any = None) -> nn.Module:
+    """The loss module of a run (a ``RunSpec``): its registry entry built from ``run.loss``,
+    with ``index`` (the training set's ``ClassIndex``) where the entry needs it."""
+    settings = _loss_settings(run)
+    return get_loss(settings["name"]).build(settings, LossContext(num_classes, index))
+
+
+def needs_class_index(run: Any) -> bool:
+    """Whether the run's loss needs the training set's class index (stochastic TCE draws
+    from D_c; focal's inverse-frequency alpha needs the pixel frequencies)."""
+    settings = _loss_settings(run)
+    return get_loss(settings["name"]).uses_class_index(settings)
+
+
+def needs_weight_actor(run: Any) -> bool:
+    """Whether the run's loss draws its batches from the run's class-weight actor."""
+    return get_loss(run.loss.name).needs_weight_actor

@@ -163,38 +163,48 @@ def summarize_error(error: BaseException | str | None) -> str:
     return line[:500]
 
 
-_LABEL_KEYS = (("t", "t"), ("gamma", "γ"), ("focal_gamma", "fγ"), ("tilt_signal", ""), ("weight_floor", "floor"))
-
-
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+_NOT_RUN = ("study", "search")  # sections of a trial config that are not the run's
+
+
+def _run_items(row: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """(section, key, value) of every run value the row's trial config holds (``config/loss/t``,
+    ``config/sampling/image_power``), the loss name excluded."""
+    out = []
+    for k, v in row.items():
+        parts = str(k).split("/")
+        if len(parts) == 3 and parts[0] == "config" and parts[1] not in _NOT_RUN and k != "config/loss/name":
+            if not _missing(v):
+                out.append((parts[1], parts[2], v))
+    return out
+
+
 def _loss_items(row: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """(setting, value) of every loss setting the row's trial config holds, name excluded."""
-    return [(k[len("config/loss/"):], v) for k, v in row.items()
-            if str(k).startswith("config/loss/") and k != "config/loss/name" and not _missing(v)]
+    return [(key, v) for section, key, v in _run_items(row) if section == "loss"]
 
 
 def settings_label(row: Mapping[str, Any]) -> str:
-    """Short label of a trial's loss settings: ``tce_stochastic t=0.1 γ=0.2 signal=class``
-    (the default tilt signal ``batch`` and a zero weight floor are left out; settings
-    beyond the searched ones, e.g. ``focal_alpha``, are named in full)."""
+    """Short label of a trial's settings: ``tce_stochastic t=0.1 γ=0.2 signal=class``. The
+    loss settings with a short label in the registry come first, in its order, each left
+    out at a value its ``label_omit`` names (the default tilt signal ``batch``, a zero
+    weight floor); other settings follow by full name (``focal_alpha=...``, then values of
+    other run sections such as ``sampling``)."""
+    from .registry import list_settings  # the built-in settings live in tce_ray.losses
+
     name = row.get("config/loss/name")
     parts = [str(name if not _missing(name) else "?")]
-    for key, short in _LABEL_KEYS:
-        v = row.get(f"config/loss/{key}")
-        if _missing(v):
-            continue
-        if key == "tilt_signal":
-            if v != "batch":
-                parts.append(f"signal={v}")
-            continue
-        if key == "weight_floor" and float(v) == 0.0:
-            continue
-        parts.append(f"{short}={_g(v)}")
-    known = {k for k, _ in _LABEL_KEYS}
+    labelled = [s for s in list_settings() if s.label is not None]
+    for s in labelled:
+        v = row.get(f"config/loss/{s.name}")
+        if not _missing(v) and not any(v == x for x in s.label_omit):
+            parts.append(f"{s.label}={_g(v)}")
+    known = {s.name for s in labelled}
     parts += [f"{k}={_g(v)}" for k, v in sorted(_loss_items(row)) if k not in known]
+    parts += [f"{k}={_g(v)}" for sec, k, v in sorted(_run_items(row)) if sec != "loss"]
     return " ".join(parts)
 
 
@@ -212,12 +222,13 @@ def trial_label(row: Mapping[str, Any], *, with_seed: bool = False) -> str:
 
 
 def group_key(row: Mapping[str, Any]) -> str:
-    """The key of a trial's group: its loss name and every loss setting of its trial config
-    (sorted, numbers at full precision), the seed ignored: ``tce_stochastic gamma=0.1 t=0.1
-    tilt_signal=batch``."""
+    """The key of a trial's group: its loss name and every run value of its trial config
+    (loss settings by name, other sections as ``section.key``; sorted, numbers at full
+    precision), the seed ignored: ``tce_stochastic gamma=0.1 t=0.1 tilt_signal=batch``."""
     name = row.get("config/loss/name")
     parts = [str(name if not _missing(name) else "?")]
-    for k, v in sorted(_loss_items(row)):
+    items = [(k if sec == "loss" else f"{sec}.{k}", v) for sec, k, v in _run_items(row)]
+    for k, v in sorted(items):
         if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
             v = repr(float(v))  # 1 and 1.0 (an int column after a Parquet round trip) agree
         parts.append(f"{k}={v}")

@@ -3,29 +3,87 @@
 A :class:`RunSpec` is plain, validated data (pydantic, JSON-serialisable) so that it can
 travel to Ray workers inside ``train_loop_per_worker``'s config dict and be stored next
 to every trial's results. The study's YAML (``tce_ray.config``) is a ``RunSpec`` plus
-the search space, the objectives and the resources; a trial fills in the sampled values
-and hands the result to ``tce_ray.train``.
+the search space, the objectives and the resources; a trial's run is the base run with the
+trial's values applied by one validated merge (:meth:`RunSpec.merged`).
+
+The ``loss`` section and the data-set names come from ``tce_ray.registry``: ``loss.name``
+is a registered loss and the other keys of ``loss`` are the registered loss settings (each
+with its type, bounds and default, stated once in its :class:`~tce_ray.registry.Setting`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
-LossName = Literal["mcce", "focal", "tce_image", "tce_class", "tce_stochastic"]
-TCE_LOSSES: tuple[str, ...] = ("tce_image", "tce_class", "tce_stochastic")
+from .registry import DatasetEntry, get_dataset, list_losses, list_settings, registry_version, unknown_name_message
+
+BUILTIN_STUDY = "studies/synthetic_fairness.yaml"
+
+
+class KeyPathError(ValueError):
+    """Raised inside validators to name an exact key path, relative to the validated
+    value's own location (``tce_ray.config`` turns it into a ConfigError with the line)."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+def is_uri(path: str) -> bool:
+    """``s3://bucket/x``, ``gs://...``, ``file:///...`` (not a Windows drive letter)."""
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", path))
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RegistryShaped(BaseModel):
+    """A section whose keys come from ``tce_ray.registry``: validated by a pydantic model
+    built from the registry (:meth:`schema_model`, rebuilt when an entry is added), its
+    values held as this model's attributes (``spec.t``) and dumped in the schema's order."""
+
+    model_config = ConfigDict(extra="allow")
+    _schemas: ClassVar[dict[type, tuple[int, type[BaseModel]]]] = {}
+
+    @classmethod
+    def build_schema(cls) -> type[BaseModel]:
+        raise NotImplementedError
+
+    @classmethod
+    def schema_model(cls) -> type[BaseModel]:
+        cached = RegistryShaped._schemas.get(cls)
+        if cached is None or cached[0] != registry_version():
+            model = cls.build_schema()
+            cached = RegistryShaped._schemas[cls] = (registry_version(), model)
+        return cached[1]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _via_registry(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, cls):
+            return handler(data)
+        schema = cls.schema_model()
+        inner = schema.model_validate(data, context=info.context)  # errors keep their key paths
+        return handler({k: getattr(inner, k) for k in schema.model_fields})
+
+
 class DataSpec(_Strict):
     """Which data set to train and evaluate on (``tce_ray.data.build_dataset``)."""
 
     name: str = "synthetic"
-    root: str | None = None
+    """A registered data set (``tce_ray.registry.list_datasets()``)."""
+    root: str | None = Field(None, validate_default=True)
+    """The data folder (not for generated data sets). Validated by ``tce_ray.config`` (the
+    context ``check_paths``): the data set's environment variable when absent, must exist,
+    made absolute (Ray workers run elsewhere)."""
     train_split: str = "train"
     val_split: str = "val"
     options: dict[str, Any] = Field(default_factory=dict)
@@ -35,6 +93,53 @@ class DataSpec(_Strict):
     scale_range: tuple[float, float] = (0.5, 2.0)
     loader_workers: int = Field(2, ge=0)
     """DataLoader processes per training worker."""
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from .registry import list_datasets
+
+        if v not in list_datasets():
+            raise KeyPathError("", unknown_name_message("data set", v, list_datasets()))
+        return v
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str | None, info: ValidationInfo) -> str | None:
+        name = info.data.get("name")
+        if name is None:
+            return v  # the name was wrong: that error is the one to show
+        entry = get_dataset(name)
+        if not entry.takes_root:
+            if v:
+                raise KeyPathError("", 
+                    f"the {name} data set is generated on the fly and takes no root; remove data.root "
+                    "(or set data.name to the data set that lives there)"
+                )
+            return v
+        if not (info.context or {}).get("check_paths"):
+            return v
+        return _checked_root(entry, v)
+
+
+def _checked_root(entry: DatasetEntry, root: str | None) -> str:
+    """The root to use: the given one, else the data set's environment variable; a local
+    folder must exist and is made absolute. Raises KeyPathError saying where the data goes."""
+    what, var = entry.root_holds, entry.env_var
+    env_hint = f", or set {var} to where it is" if var else ""
+    howto = f"To try the method without downloading anything, run the built-in study: python -m tce_ray.study {BUILTIN_STUDY}"
+    if not root and var and os.environ.get(var):
+        root = os.environ[var]  # the data module's own fallback; checked below like a given root
+    if not root:
+        raise KeyPathError("", f"the {entry.name} data set needs data.root: the folder holding {what}{env_hint}. {howto}")
+    if is_uri(root):
+        return root  # remote data: the data module checks it on the workers
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise KeyPathError("", 
+            f"no {entry.name} data at {str(path)!r} (resolved to {path.resolve()}): put {what} there{env_hint}. {howto}"
+        )
+    return str(path.resolve())  # absolute, so that Ray workers (whose working directory is not the user's) find it
 
 
 class ModelSpec(_Strict):
@@ -46,30 +151,28 @@ class ModelSpec(_Strict):
     """A local torchvision state-dict file; never downloaded."""
 
 
-class LossSpec(_Strict):
-    """The loss and, for stochastic TCE, the class-weight state."""
+class LossSpec(RegistryShaped):
+    """The loss and its settings: ``name`` (a registered loss) and every registered loss
+    setting (``t``, ``gamma``, ``focal_gamma``, ``focal_alpha``, ``tilt_signal``,
+    ``weight_floor``, ``min_pixels``, and those plugins add), each with its default. A loss
+    uses the settings its registry entry lists; the others are carried and ignored."""
 
-    name: LossName = "mcce"
-    t: float = 1.0
-    """Tilt of the TCE losses (ignored by ``mcce`` and ``focal``)."""
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
-    """Rate of stochastic TCE's running tilted loss, in (0, 1]."""
-    focal_gamma: float = Field(2.0, ge=0.0)
-    focal_alpha: Literal["inverse_frequency", "none"] | list[float] = "inverse_frequency"
-    tilt_signal: Literal["batch", "class"] = "batch"
-    """What a worker reports for stochastic TCE: whole-batch MCCE (the paper) or the CE
-    over the drawn class's pixels (the project's extension)."""
-    weight_floor: float = Field(0.0, ge=0.0, le=1.0)
-    """Mix the tilted weights with uniform so no drawable class is drawn below floor/K."""
-    min_pixels: int = Field(1, ge=1)
-    """Pixels of a class an image needs to count as containing it (the index D_c)."""
+    if TYPE_CHECKING:  # the built-in settings, for type checkers (the schema is the registry's)
+        name: str
+        t: float
+        gamma: float
+        focal_gamma: float
+        focal_alpha: str | list[float]
+        tilt_signal: str
+        weight_floor: float
+        min_pixels: int
 
-    @field_validator("t")
     @classmethod
-    def _finite_t(cls, v: float) -> float:
-        if v != v or v in (float("inf"), float("-inf")):
-            raise ValueError("t must be a finite number")
-        return v
+    def build_schema(cls) -> type[BaseModel]:
+        fields: dict[str, Any] = {"name": (Literal[tuple(list_losses())], "mcce")}
+        for s in list_settings():
+            fields[s.name] = (s.annotation(), Field(s.default, description=s.doc))
+        return create_model("LossSpec", __config__=ConfigDict(extra="forbid"), **fields)
 
 
 class OptimSpec(_Strict):
@@ -114,3 +217,24 @@ class RunSpec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     objectives: list[str] = Field(default_factory=lambda: ["worst_iou", "iou_std"])
     """Registry names (``tce_ray.objectives``) computed at every evaluation."""
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one objective (e.g. [worst_iou, iou_std])")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate objectives in {v}")
+        return v
+
+    def merged(self, overrides: Mapping[str, Any]) -> RunSpec:
+        """This run with ``overrides`` applied, validated once as a whole: ``{section: {key:
+        value}}`` updates a section (None values are skipped: the base value stays), any other
+        value replaces the key (``{"objectives": [...]}``)."""
+        data = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            if isinstance(value, Mapping) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **{k: v for k, v in value.items() if v is not None}}
+            else:
+                data[key] = value
+        return RunSpec.model_validate(data)

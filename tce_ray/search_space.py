@@ -1,14 +1,21 @@
 """The define-by-run Optuna search space of a study (``OptunaSearch(space=SearchSpace(...))``).
 
-Conditional structure (the parameters exist only where they act):
+The parameters are the registry's (``tce_ray.registry.search_params()``): every searchable
+loss setting, at ``loss.<setting>`` (Optuna name ``loss/<setting>``), and the parameters
+registered at other ``section.field`` paths. Conditional structure (a parameter exists
+only where it acts, ``SearchParam.applies``):
 
 - ``loss/name``: categorical over ``search.losses`` (absent: the base loss, not sampled);
-- ``loss/t``: the TCE losses (``tce_image``, ``tce_class``, ``tce_stochastic``) only.
-  Log-uniform by default. With ``allow_negative`` and ``log``, Optuna samples
-  ``search/t_abs`` (log-uniform) and ``search/t_negative`` (categorical) and ``loss/t`` is
-  their signed product; with ``log: false`` it is uniform over [low, high];
-- ``loss/gamma``, ``loss/tilt_signal``, ``loss/weight_floor``: ``tce_stochastic`` only;
-- ``loss/focal_gamma``: ``focal`` only.
+- a loss setting only for the losses whose registry entry takes it: ``loss/t`` for the TCE
+  losses (``tce_image``, ``tce_class``, ``tce_stochastic``), ``loss/gamma``,
+  ``loss/tilt_signal``, ``loss/weight_floor`` for ``tce_stochastic``, ``loss/focal_gamma``
+  for ``focal``;
+- ``t`` (the ``tilt`` kind) is log-uniform by default. With ``allow_negative`` and
+  ``log``, Optuna samples ``search/t_abs`` (log-uniform) and ``search/t_negative``
+  (categorical) and ``loss/t`` is their signed product; with ``log: false`` it is uniform
+  over [low, high].
+
+Parameters are asked in the registry's order (the sampled values depend on it).
 
 A searched setting given as a plain value is fixed (returned as a constant, not sampled);
 a setting absent from ``search`` keeps the base run's value.
@@ -28,23 +35,27 @@ constant (the configuration's value, else the base run's): nothing is sampled.
 The function returns flat keys with ``/``; Ray Tune unflattens them, so a trial's config is
 ``{"loss": {"name": ..., "t": ...}, "study": {"configuration": i or -1, "number": n,
 "seed": s}, "search": {...}}`` (``number``: the Optuna trial number, i.e. the order trials
-were created; ``seed``: the trial's ``train.seed``).
+were created; ``seed``: the trial's ``train.seed``), plus a section per other searched path
+(``{"sampling": {...}}``). :func:`trial_run` turns it into the trial's :class:`RunSpec`
+(one validated merge into the base run).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigurationSpec, FloatRange, SearchSpec, StudyConfig, TSearch
-from .runspec import TCE_LOSSES, LossSpec
+from .registry import SearchParam, get_loss, get_setting, search_params
+from .runspec import RunSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
 __all__ = [
     "SearchSpace", "CONFIGURATION_ATTR", "SEED_ATTR", "relevant_settings", "loss_settings_from_config",
-    "seed_from_config", "build_sampler",
+    "seed_from_config", "run_overrides", "trial_run", "build_sampler",
 ]
 
 CONFIGURATION_ATTR = "tce_configuration"
@@ -52,44 +63,65 @@ CONFIGURATION_ATTR = "tce_configuration"
 SEED_ATTR = "tce_seed"
 """User attribute of an Optuna trial: the ``train.seed`` it runs with."""
 
-_STOCHASTIC_ONLY = ("gamma", "tilt_signal", "weight_floor")
-
 
 def relevant_settings(loss_name: str) -> tuple[str, ...]:
-    """The loss settings a loss uses (and that a trial may set or sample)."""
-    if loss_name == "focal":
-        return ("focal_gamma",)
-    if loss_name == "tce_stochastic":
-        return ("t",) + _STOCHASTIC_ONLY
-    if loss_name in TCE_LOSSES:
-        return ("t",)
-    return ()
+    """The searchable loss settings a loss takes (that a trial may set or sample)."""
+    return tuple(s for s in get_loss(loss_name).settings if get_setting(s).search is not None)
+
+
+class _View(Mapping[str, Any]):
+    """A trial's values by ``section.field`` path so far, over the base run's."""
+
+    def __init__(self, base: RunSpec, values: Mapping[str, Any]):
+        self._base, self.values = base, dict(values)
+
+    def __getitem__(self, path: str) -> Any:
+        if path in self.values:
+            return self.values[path]
+        section, _, field = path.partition(".")
+        try:
+            return getattr(getattr(self._base, section), field)
+        except AttributeError:
+            raise KeyError(path) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def _explicit_paths(cfg: ConfigurationSpec) -> dict[str, Any]:
+    """An explicit configuration's values by path: ``loss.name``, ``loss.t``, ``sampling.x``."""
+    return {f"{section}.{k}": v for section, values in cfg.overrides().items() for k, v in values.items()}
 
 
 class SearchSpace:
     """Callable define-by-run space: ``space(trial) -> dict`` of constants (flat keys).
 
-    Picklable (Tune checkpoints the searcher with it), holds only validated data.
+    Picklable (Tune checkpoints the searcher with it), holds only validated data; the
+    parameters come from the registry when it is called.
     """
 
-    def __init__(self, search: SearchSpec, base_loss: LossSpec, base_seed: int = 0):
+    def __init__(self, search: SearchSpec, base_run: RunSpec):
         self.search = search
-        self.base_loss = base_loss
-        self.base_seed = int(base_seed)
+        self.base_run = base_run
+
+    @property
+    def base_seed(self) -> int:
         """The base run's ``train.seed``: the seed of sampled trials (and of explicit ones
         without ``search.seeds``)."""
+        return int(self.base_run.train.seed)
 
     @classmethod
     def from_config(cls, config: StudyConfig) -> SearchSpace:
-        return cls(config.search, config.loss, config.train.seed)
+        return cls(config.search, config.run)
 
     # ---------------------------------------------------------------- define-by-run
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         index = trial.user_attrs.get(CONFIGURATION_ATTR)
-        explicit: dict[str, Any] | None = None
-        if index is not None:
-            explicit = self.search.configurations[int(index)].settings()
+        explicit = None if index is None else _explicit_paths(self.search.configurations[int(index)])
         seed = trial.user_attrs.get(SEED_ATTR)
         if seed is None:  # a sampled trial (or one enqueued without seeds): the base seed
             seed = self.base_seed
@@ -99,59 +131,44 @@ class SearchSpace:
             "study/number": int(trial.number),  # Optuna's ask order: the trials' creation order
             "study/seed": int(seed),
         }
-
-        name = self._loss_name(trial, explicit)
-        out["loss/name"] = name
-        for key in relevant_settings(name):
-            out[f"loss/{key}"] = self._setting(trial, key, explicit)
-        if explicit is not None:  # settings an explicit configuration gives beyond those
-            for key, value in explicit.items():
-                if key != "name" and f"loss/{key}" not in out:
-                    out[f"loss/{key}"] = value
+        view = _View(self.base_run, {**(explicit or {}), "loss.name": self._loss_name(trial, explicit)})
+        out["loss/name"] = view["loss.name"]
+        for p in search_params():
+            if p.used_by(view):
+                view.values[p.path] = out[p.optuna_name] = self._value(trial, p, explicit, view)
+        for path, value in (explicit or {}).items():  # what an explicit configuration gives beyond those
+            name = path.replace(".", "/")
+            if name not in out:
+                out[name] = value
         return out
 
     def _loss_name(self, trial: optuna.Trial, explicit: dict[str, Any] | None) -> str:
         losses = self.search.losses
         if explicit is not None:
-            name = explicit["name"]
+            name = explicit["loss.name"]
             if losses is not None and len(losses) > 1 and name in losses:
                 trial.suggest_categorical("loss/name", losses)  # the fixed (enqueued) value
             return name
         if losses is None:
-            return self.base_loss.name
+            return self.base_run.loss.name
         if len(losses) == 1:
             return losses[0]
         return trial.suggest_categorical("loss/name", losses)
 
-    def _setting(self, trial: optuna.Trial, key: str, explicit: dict[str, Any] | None) -> Any:
-        spec = getattr(self.search, key)
-        base = getattr(self.base_loss, key)
+    def _value(self, trial: optuna.Trial, p: SearchParam, explicit: dict[str, Any] | None, view: _View) -> Any:
+        spec = self.search.param(p.key)
         if explicit is not None:
-            if key not in explicit:
-                return base
-            value = explicit[key]
+            if p.path not in explicit:
+                return view[p.path]  # the base run's
+            value = explicit[p.path]
             if _contains(spec, value):
-                return self._suggest(trial, key, spec)  # fixed by the enqueue
+                return _suggest(trial, p, spec)  # fixed by the enqueue
             return value
         if spec is None:
-            return base
+            return view[p.path]
         if not _searched(spec):
             return spec[0] if isinstance(spec, list) else spec
-        return self._suggest(trial, key, spec)
-
-    @staticmethod
-    def _suggest(trial: optuna.Trial, key: str, spec: Any) -> Any:
-        if isinstance(spec, TSearch):
-            if spec.allow_negative and spec.log:
-                mag = trial.suggest_float("search/t_abs", spec.low, spec.high, log=True)
-                negative = trial.suggest_categorical("search/t_negative", [False, True])
-                return -mag if negative else mag
-            return trial.suggest_float("loss/t", spec.low, spec.high, log=spec.log)
-        if isinstance(spec, FloatRange):
-            return trial.suggest_float(f"loss/{key}", spec.low, spec.high, log=spec.log)
-        if isinstance(spec, list):
-            return trial.suggest_categorical(f"loss/{key}", list(spec))
-        raise TypeError(f"cannot sample {key} from {spec!r}")  # pragma: no cover
+        return _suggest(trial, p, spec)
 
     # ---------------------------------------------------------------- configurations
 
@@ -159,22 +176,23 @@ class SearchSpace:
         """The fixed Optuna parameters of explicit configuration ``index`` (the values it
         gives that lie inside the searched distributions)."""
         cfg: ConfigurationSpec = self.search.configurations[index]
-        settings = cfg.settings()
+        explicit = _explicit_paths(cfg)
         params: dict[str, Any] = {}
         losses = self.search.losses
         if losses is not None and len(losses) > 1 and cfg.name in losses:
             params["loss/name"] = cfg.name
-        for key in relevant_settings(cfg.name):
-            if key not in settings:
+        view = _View(self.base_run, explicit)
+        for p in search_params():
+            if p.path not in explicit or not p.used_by(view):
                 continue
-            spec, value = getattr(self.search, key), settings[key]
+            spec, value = self.search.param(p.key), explicit[p.path]
             if not _contains(spec, value):
                 continue
             if isinstance(spec, TSearch) and spec.allow_negative and spec.log:
-                params["search/t_abs"] = abs(float(value))
-                params["search/t_negative"] = bool(value < 0)
+                params[f"search/{p.key}_abs"] = abs(float(value))
+                params[f"search/{p.key}_negative"] = bool(value < 0)
             else:
-                params[f"loss/{key}"] = value
+                params[p.optuna_name] = value
         return params
 
     def enqueue(self, study: optuna.Study) -> None:
@@ -191,11 +209,25 @@ class SearchSpace:
         names = []
         if self.search.losses is not None and len(self.search.losses) > 1:
             names.append("loss/name")
-        for key in ("t", "gamma", "focal_gamma", "tilt_signal", "weight_floor"):
-            spec = getattr(self.search, key)
+        for p in search_params():
+            spec = self.search.param(p.key)
             if spec is not None and _searched(spec):
-                names.append(f"loss/{key}")
+                names.append(p.optuna_name)
         return names
+
+
+def _suggest(trial: optuna.Trial, p: SearchParam, spec: Any) -> Any:
+    if isinstance(spec, TSearch):
+        if spec.allow_negative and spec.log:
+            mag = trial.suggest_float(f"search/{p.key}_abs", spec.low, spec.high, log=True)
+            negative = trial.suggest_categorical(f"search/{p.key}_negative", [False, True])
+            return -mag if negative else mag
+        return trial.suggest_float(p.optuna_name, spec.low, spec.high, log=spec.log)
+    if isinstance(spec, FloatRange):
+        return trial.suggest_float(p.optuna_name, spec.low, spec.high, log=spec.log)
+    if isinstance(spec, list):
+        return trial.suggest_categorical(p.optuna_name, list(spec))
+    raise TypeError(f"cannot sample {p.key} from {spec!r}")  # pragma: no cover
 
 
 def _searched(spec: Any) -> bool:
@@ -222,19 +254,45 @@ def _contains(spec: Any, value: Any) -> bool:
     return spec.low <= v <= spec.high
 
 
-def loss_settings_from_config(trial_config: dict[str, Any]) -> dict[str, Any]:
+def _nested(trial_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A Tune trial config with its flat ``section/key`` keys nested (Tune nests them itself)."""
+    out: dict[str, Any] = {}
+    for k, v in trial_config.items():
+        if isinstance(k, str) and "/" in k:
+            section, key = k.split("/", 1)
+            out.setdefault(section, {})[key] = v
+        else:
+            out[k] = dict(v) if isinstance(v, Mapping) else v
+    return out
+
+
+def loss_settings_from_config(trial_config: Mapping[str, Any]) -> dict[str, Any]:
     """The loss settings of a Tune trial config (``{"loss": {...}}`` or flat keys)."""
-    if isinstance(trial_config.get("loss"), dict):
-        return dict(trial_config["loss"])
-    return {k.split("/", 1)[1]: v for k, v in trial_config.items() if k.startswith("loss/")}
+    return dict(_nested(trial_config).get("loss", {}))
 
 
-def seed_from_config(trial_config: dict[str, Any]) -> int | None:
+def seed_from_config(trial_config: Mapping[str, Any]) -> int | None:
     """The ``train.seed`` of a Tune trial config (``{"study": {"seed": s}}`` or the flat
     ``study/seed``); None when it names none (the base run's seed applies)."""
-    study = trial_config.get("study")
-    seed = study.get("seed") if isinstance(study, dict) else trial_config.get("study/seed")
+    study = _nested(trial_config).get("study")
+    seed = study.get("seed") if isinstance(study, dict) else None
     return None if seed is None else int(seed)
+
+
+def run_overrides(trial_config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What a Tune trial config changes in the base run: its run sections (``loss``,
+    ``sampling``, ...) and ``train.seed`` from ``study.seed``."""
+    nested = _nested(trial_config)
+    out = {k: dict(v) for k, v in nested.items() if k in RunSpec.model_fields and isinstance(v, dict)}
+    seed = seed_from_config(nested)
+    if seed is not None:
+        out["train"] = {**out.get("train", {}), "seed": seed}
+    return out
+
+
+def trial_run(base_run: RunSpec, trial_config: Mapping[str, Any]) -> RunSpec:
+    """The trial's run: the base run with the trial's values, one validated merge."""
+    return base_run.merged(run_overrides(trial_config))
 
 
 def build_sampler(search: SearchSpec, num_objectives: int) -> optuna.samplers.BaseSampler:

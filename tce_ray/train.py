@@ -24,15 +24,14 @@ from typing import Any, Sequence
 import ray
 import ray.train
 import ray.train.torch
-from torch import nn
-
-from tce_ray.losses import build_loss, focal_alpha_from_frequencies
+from tce_ray.losses import STOCHASTIC, make_loss, needs_class_index, needs_weight_actor  # noqa: F401 - the worker loop's names
+from tce_ray.ray_env import shipped_plugins
+from tce_ray.registry import install_snapshot
 from tce_ray.runspec import RunSpec
 from tce_ray.sampling import ClassIndex
 from tce_ray.weights_actor import actor_name, create_weight_actor
 from tce_ray.worker_loop import FATAL_MARKER, build_datasets, check_debug_options, train_loop_per_worker
 
-STOCHASTIC = "tce_stochastic"
 CHECKPOINTS_TO_KEEP = 3
 CONTROLLER_FAILURE_LIMIT = 3
 WEIGHT_SNAPSHOT = "class_weights.json"
@@ -60,32 +59,6 @@ def class_index_cache_dir(storage_path: str) -> Path:
     return Path(storage_path) / ".class_index_cache"
 
 
-# ----------------------------------------------------------------------------- losses
-def needs_class_index(run: RunSpec) -> bool:
-    """Stochastic TCE draws from D_c; focal's inverse-frequency alpha needs pixel frequencies."""
-    return run.loss.name == STOCHASTIC or (run.loss.name == "focal" and run.loss.focal_alpha == "inverse_frequency")
-
-
-def make_loss(run: RunSpec, num_classes: int, index: ClassIndex | None = None) -> nn.Module:
-    """The run's loss module (``build_loss``), with focal's alpha resolved."""
-    spec = run.loss
-    if spec.name == "focal":
-        if spec.focal_alpha == "inverse_frequency":
-            if index is None:
-                raise ValueError("focal_alpha='inverse_frequency' needs the class index of the training set")
-            alpha = focal_alpha_from_frequencies(index.pixel_frequencies())
-        elif spec.focal_alpha == "none":
-            alpha = None
-        else:
-            if len(spec.focal_alpha) != num_classes:
-                raise ValueError(f"loss.focal_alpha has {len(spec.focal_alpha)} values; the data set has {num_classes} classes")
-            alpha = list(spec.focal_alpha)
-        return build_loss("focal", alpha=alpha, gamma=spec.focal_gamma)
-    if spec.name in ("tce_image", "tce_class"):
-        return build_loss(spec.name, t=spec.t)
-    return build_loss(spec.name)
-
-
 # ----------------------------------------------------------------------------- driver side
 def _normalise_storage(storage_path: str | os.PathLike) -> str:
     storage_path = os.fspath(storage_path)
@@ -95,7 +68,9 @@ def _normalise_storage(storage_path: str | os.PathLike) -> str:
 def trainer_config(
     run: RunSpec, *, name: str, storage_path: str, debug: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The ``train_loop_config`` of run ``name``: ``{"run", "run_name", "state_dir", "cache_dir", "debug"}``.
+    """The ``train_loop_config`` of run ``name``: ``{"run", "run_name", "state_dir", "cache_dir",
+    "debug", "plugins"}`` (``run``: the RunSpec's JSON dump; ``plugins``: the registry
+    entries from outside the package, installed on each worker before the run is validated).
 
     Creates the run's state directory and clears a non-finite-loss marker left by an
     earlier run of the same name. ``debug`` is TEST-ONLY (see the module docstring).
@@ -115,7 +90,14 @@ def trainer_config(
         "state_dir": str(state_dir),
         "cache_dir": str(class_index_cache_dir(storage_path)),
         "debug": dict(debug or {}),
+        "plugins": shipped_plugins(),
     }
+
+
+def _train_loop_with_plugins(config: dict[str, Any]) -> dict[str, Any]:
+    """The workers' entry point: the shipped registry entries first, then the loop."""
+    install_snapshot(config.get("plugins"))
+    return train_loop_per_worker(config)
 
 
 def build_trainer(
@@ -136,7 +118,7 @@ def build_trainer(
     config = trainer_config(run, name=name, storage_path=storage_path, debug=debug)
     tr = run.train
     return ray.train.torch.TorchTrainer(
-        train_loop_per_worker,
+        _train_loop_with_plugins,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=tr.num_workers, use_gpu=tr.use_gpu, resources_per_worker={"CPU": tr.cpus_per_worker}
@@ -192,7 +174,7 @@ def run_training(
     ``ray.train.TrainingFailedError`` (a non-finite loss: its message says
     "non-finite loss ... at step N"). The weight actor is killed at the end.
     """
-    actor = start_weight_actor(run, name=name, storage_path=storage_path) if run.loss.name == STOCHASTIC else None
+    actor = start_weight_actor(run, name=name, storage_path=storage_path) if needs_weight_actor(run) else None
     try:
         trainer = build_trainer(run, name=name, storage_path=storage_path, callbacks=callbacks, debug=debug)
         return trainer.fit()

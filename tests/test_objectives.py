@@ -67,9 +67,14 @@ def test_register_get_and_duplicate() -> None:
     assert get_objective("median_iou").mode == "min" and get_objective("median_iou")(np.ones(2)) == 1.0
 
 
-def test_bad_mode_and_name() -> None:
-    with pytest.raises(ValueError, match="mode.*'maximize'"):
-        register_objective("x", "maximize")  # type: ignore[arg-type]
+def test_bad_direction_and_name() -> None:
+    with pytest.raises(ValueError, match="direction.*'maximize' or 'minimize'.*'up'"):
+        register_objective("x", "up")  # type: ignore[arg-type]
+    # Optuna's spelling is the stored one; the short form is accepted and stored long
+    register_objective("x_long", "maximize")(lambda iou: 0.0)
+    register_objective("x_short", "min")(lambda iou: 0.0)
+    assert get_objective("x_long").direction == "maximize" and get_objective("x_long").mode == "max"
+    assert get_objective("x_short").direction == "minimize" and get_objective("x_short").mode == "min"
     with pytest.raises(ValueError, match="name"):
         register_objective("", "max")
 
@@ -131,7 +136,7 @@ def test_module_function_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert obj.name == "user_min_plus_mean" and obj.mode == "max"
         assert obj(np.array([0.2, np.nan, 0.6])) == pytest.approx(0.6)
         assert get_objective("user_min_plus_mean") is obj
-        with pytest.raises(ValueError, match=r"plain.*@register_objective\(name, mode\)"):
+        with pytest.raises(ValueError, match=r"plain.*@register_objective\(name, direction\)"):
             get_objective(f"{mod}:plain")
         with pytest.raises(ValueError, match="not a function"):
             get_objective(f"{mod}:NOT_CALLABLE")

@@ -181,8 +181,8 @@ def test_cli_interrupted_then_resumed_does_not_rerun_finished_trials(ray_session
 def test_dashboard_flag_prints_url_and_enables_train_tab(tmp_path):
     code = (
         "import os, ray\n"
-        "from tce_ray.study import _ensure_ray\n"
-        "_ensure_ray(None, True)\n"
+        "from tce_ray.ray_env import ensure_ray\n"
+        "ensure_ray(None, True)\n"
         "print('STATE', os.environ.get('RAY_TRAIN_ENABLE_STATE_TRACKING'))\n"
         "ray.shutdown()\n"
     )

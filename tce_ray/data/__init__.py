@@ -3,48 +3,64 @@
 Every data set yields ``(image float32 [3,H,W] ImageNet-normalised, mask int64 [H,W])``
 with 255 = ignore and exposes ``class_names``, ``num_classes``, ``load_mask(i)``,
 ``fingerprint()``, ``name`` and ``split`` (see ``SegmentationDataset``).
+
+The data sets a run can name are the entries of ``tce_ray.registry`` (registered here; add
+your own with ``tce_ray.register_dataset``). Importing this package is light: the builders
+and the names re-exported below (torchvision, PIL) are imported on first use, so that a
+study file is validated without them.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .ade20k import ADE20K_CLASSES, build_ade20k
-from .base import SegmentationDataset
-from .cityscapes import CITYSCAPES_CLASSES, build_cityscapes
-from .files import IMAGE_EXTENSIONS, FileSegmentationDataset, build_lut
-from .folder import CAMVID_CLASSES, build_camvid, build_folder
-from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_FREQUENCIES, SyntheticStreets
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, SegmentationTransform
+from tce_ray.registry import get_dataset, register_dataset
+from tce_ray.registry import list_datasets as _registered
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import SegmentationDataset
 
 
-def _build_synthetic(split: str, root: str | os.PathLike | None = None, **options: Any) -> SyntheticStreets:
+def _build_synthetic(split: str, root: str | os.PathLike | None = None, **options: Any) -> SegmentationDataset:
+    from .synthetic import SyntheticStreets
+
     if root is not None:
         raise ValueError(f"the synthetic data set is generated, it takes no root (got root={root!r})")
     return SyntheticStreets(split, **options)
 
 
-_BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
-    "synthetic": _build_synthetic,
-    "cityscapes": build_cityscapes,
-    "ade20k": build_ade20k,
-    "camvid": build_camvid,
-    "folder": build_folder,
-}
-_OPTIONS_OF = {"synthetic": SyntheticStreets.__init__}
+register_dataset(
+    "synthetic", _build_synthetic, takes_root=False, options_of="tce_ray.data.synthetic:SyntheticStreets",
+    doc="street-like scenes the package generates (12 classes)",
+)
+register_dataset(
+    "cityscapes", "tce_ray.data.cityscapes:build_cityscapes", env_var="CITYSCAPES_DATASET",
+    root_holds="leftImg8bit/ and gtFine/ (from cityscapes-dataset.com)", doc="19 trainIds",
+)
+register_dataset(
+    "ade20k", "tce_ray.data.ade20k:build_ade20k", env_var="ADE20K_ROOT",
+    root_holds="ADEChallengeData2016/ (images/ and annotations/)", doc="150 classes",
+)
+register_dataset(
+    "camvid", "tce_ray.data.folder:build_camvid", env_var="TCE_CAMVID_ROOT",
+    root_holds="train/, trainannot/, val/, valannot/ (the 11-class SegNet version)", doc="SegNet's 11 classes",
+)
+register_dataset(
+    "folder", "tce_ray.data.folder:build_folder",
+    root_holds="<split>/ images and <split>annot/ label maps", doc="image/label folders paired by file stem",
+)
 
 
 def list_datasets() -> list[str]:
     """Names accepted by ``build_dataset``."""
-    return list(_BUILDERS)
+    return _registered()
 
 
 def _accepted_options(name: str) -> list[str]:
-    fn = _OPTIONS_OF.get(name, _BUILDERS[name])
-    params = inspect.signature(fn).parameters.values()
+    params = inspect.signature(get_dataset(name).resolve_options_of()).parameters.values()
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
@@ -53,29 +69,39 @@ def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, 
 
     Common options: ``crop_size``, ``scale_range=(0.5, 2.0)``, ``augment`` (default: split == "train").
     """
-    if name not in _BUILDERS:
+    if name not in list_datasets():
         raise ValueError(f"unknown dataset {name!r}; choose one of {list_datasets()}")
     accepted = _accepted_options(name)
     unknown = [k for k in options if k not in accepted]
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for dataset {name!r}; accepted: {accepted}")
-    return _BUILDERS[name](split, root, **options)
+    return get_dataset(name).resolve_builder()(split, root, **options)
 
 
-__all__ = [
-    "ADE20K_CLASSES",
-    "CAMVID_CLASSES",
-    "CITYSCAPES_CLASSES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "IMAGE_EXTENSIONS",
-    "SYNTHETIC_CLASSES",
-    "SYNTHETIC_FREQUENCIES",
-    "FileSegmentationDataset",
-    "SegmentationDataset",
-    "SegmentationTransform",
-    "SyntheticStreets",
-    "build_dataset",
-    "build_lut",
-    "list_datasets",
-]
+_LAZY: dict[str, str] = {
+    "ADE20K_CLASSES": "ade20k",
+    "CAMVID_CLASSES": "folder",
+    "CITYSCAPES_CLASSES": "cityscapes",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "IMAGE_EXTENSIONS": "files",
+    "SYNTHETIC_CLASSES": "synthetic",
+    "SYNTHETIC_FREQUENCIES": "synthetic",
+    "FileSegmentationDataset": "files",
+    "SegmentationDataset": "base",
+    "SegmentationTransform": "transforms",
+    "SyntheticStreets": "synthetic",
+    "build_lut": "files",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tce_ray.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [*sorted(_LAZY), "build_dataset", "list_datasets"]

@@ -1,0 +1,117 @@
+"""Ray at the study's edge: starting or joining Ray, whether a trial fits the cluster, and
+shipping user code (objectives, registry plugins) to Ray's processes.
+
+See ``RAY_NOTES.md`` for the Ray facts behind each choice: a local Ray always starts its
+own instance (``address="local"``) with its dashboard process (Ray frees the placement
+groups of trials stopped early through it), the UI bound to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from .registry import plugin_snapshot, snapshot_modules
+from .runspec import TrainSpec
+
+__all__ = ["ensure_ray", "max_concurrent", "cluster_problem", "pickle_by_value", "shipped_plugins"]
+
+_BY_REFERENCE = ("tce_ray", "numpy", "torch")
+"""Top-level packages always pickled by reference (installed on every node)."""
+
+
+def ensure_ray(address: str | None, dashboard: bool, *, quiet: bool = False) -> bool:
+    """Initialise Ray unless it is; True when the Ray in use is a local one we started
+    (or one this process had started), False for a cluster we connected to."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    if dashboard:
+        os.environ["RAY_TRAIN_ENABLE_STATE_TRACKING"] = "1"
+    if os.environ.get("RAY_TRAIN_ENABLE_STATE_TRACKING"):
+        env["RAY_TRAIN_ENABLE_STATE_TRACKING"] = os.environ["RAY_TRAIN_ENABLE_STATE_TRACKING"]
+    if ray.is_initialized():
+        if dashboard and not quiet:
+            print("Ray was already initialised here; its dashboard (if any) is unchanged.")
+        return True
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ctx = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+    else:
+        ctx = ray.init(
+            address="local",  # a new local Ray, even where `ray start` left a cluster (use --address auto)
+            include_dashboard=True,  # the State API frees placement groups of stopped trials
+            dashboard_host="127.0.0.1",
+            dashboard_port=None,  # 8265, or the next free port when another Ray holds it
+            runtime_env={"env_vars": env},
+            log_to_driver=False,
+        )
+    if dashboard:
+        url = getattr(ctx, "dashboard_url", None)
+        print(
+            f"Ray dashboard: http://{url}  (token auth on: the token is in ~/.ray/auth_token)"
+            if url else "Ray dashboard: not available on this cluster"
+        )
+    return not address
+
+
+def max_concurrent(train: TrainSpec, limit: int | None) -> int:
+    """``limit``, else what the cluster fits at once: CPUs (and GPUs) over one trial's
+    worker demand."""
+    if limit:
+        return limit
+    import ray
+
+    res = ray.cluster_resources()
+    fits = int(res.get("CPU", 1) // max(train.num_workers * train.cpus_per_worker, 1e-9))
+    if train.use_gpu:
+        fits = min(fits, int(res.get("GPU", 0) // train.num_workers))
+    return max(1, fits)
+
+
+def cluster_problem(train: TrainSpec) -> str | None:
+    """Why one trial's workers cannot fit the cluster as it is now (None: they fit)."""
+    import ray
+
+    res = ray.cluster_resources()
+    need_cpu = train.num_workers * train.cpus_per_worker
+    if need_cpu > res.get("CPU", 0) + 1e-9:
+        return (
+            f"one trial needs {need_cpu:g} CPUs (train.num_workers={train.num_workers} x "
+            f"train.cpus_per_worker={train.cpus_per_worker:g}) but the Ray cluster has {res.get('CPU', 0):g}; "
+            "lower them or add nodes"
+        )
+    if train.use_gpu and train.num_workers > res.get("GPU", 0):
+        return (
+            f"train.use_gpu with {train.num_workers} workers needs {train.num_workers} GPUs; the cluster has "
+            f"{res.get('GPU', 0):g}. Set train.use_gpu: false or fewer workers"
+        )
+    return None
+
+
+def pickle_by_value(modules: Iterable[str]) -> None:
+    """Ship these modules' functions and classes to Ray's processes by value: a user's
+    script or test file need not be importable there. ``__main__`` already goes by value;
+    the package, numpy and torch stay by reference."""
+    from ray import cloudpickle
+
+    for name in modules:
+        mod = sys.modules.get(name or "")
+        if mod is None or name == "__main__" or name.split(".")[0] in _BY_REFERENCE:
+            continue
+        try:
+            cloudpickle.register_pickle_by_value(mod)
+        except ValueError:  # a module cloudpickle cannot take by value: leave it by reference
+            pass
+
+
+def shipped_plugins() -> list[Any]:
+    """The registry entries registered outside the package (``tce_ray.registry``), their
+    modules set to travel by value: pass the result to the Ray process that validates or
+    builds runs, which installs it with ``tce_ray.registry.install_snapshot``."""
+    snapshot = plugin_snapshot()
+    pickle_by_value(snapshot_modules(snapshot))
+    return snapshot
