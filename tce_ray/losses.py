@@ -50,7 +50,18 @@ __all__ = [
     "per_class_ce",
 ]
 
-LOSS_NAMES: tuple[str, ...] = ("mcce", "focal", "tce_image", "tce_class", "tce_stochastic")
+LOSS_NAMES: tuple[str, ...] = (
+    "mcce",
+    "focal",
+    "tce_image",
+    "tce_class",
+    "tce_stochastic",
+    # baselines (tce_ray.baseline_losses)
+    "ce_weighted",
+    "ce_balanced",
+    "lovasz",
+    "dice",
+)
 
 T_ZERO: float = 1e-8
 """Tilts with ``|t|`` below this are treated as exactly 0 (the plain mean)."""
@@ -278,6 +289,18 @@ def per_class_ce(
 
 # --------------------------------------------------------------------------- factory
 _Factory = Callable[..., nn.Module]
+
+
+def _baseline(name: str) -> _Factory:
+    """A factory from tce_ray.baseline_losses, imported on use (that module imports this one)."""
+
+    def factory(**params: Any) -> nn.Module:
+        from tce_ray import baseline_losses
+
+        return getattr(baseline_losses, name)(**params)
+
+    return factory
+
 _REGISTRY: dict[str, tuple[_Factory, frozenset[str], frozenset[str]]] = {
     # name: (factory, accepted params, required params)
     "mcce": (MCCE, frozenset({"ignore_index"}), frozenset()),
@@ -294,6 +317,19 @@ _REGISTRY: dict[str, tuple[_Factory, frozenset[str], frozenset[str]]] = {
     ),
     # stochastic TCE trains on plain MCCE; its tilt lives in the sampler's TiltState
     "tce_stochastic": (MCCE, frozenset({"ignore_index"}), frozenset()),
+    # class_weights: a scheme name (needs index, the training set's ClassIndex) or K numbers
+    "ce_weighted": (
+        _baseline("make_weighted_ce"),
+        frozenset({"class_weights", "beta", "index", "divide_by", "ignore_index"}),
+        frozenset(),
+    ),
+    "ce_balanced": (_baseline("ClassBalancedCrossEntropy"), frozenset({"scope", "ignore_index"}), frozenset()),
+    "lovasz": (_baseline("LovaszSoftmax"), frozenset({"per_image", "classes", "ignore_index"}), frozenset()),
+    "dice": (
+        _baseline("SoftDiceLoss"),
+        frozenset({"smooth", "classes", "ce_weight", "ignore_index"}),
+        frozenset(),
+    ),
 }
 assert tuple(_REGISTRY) == LOSS_NAMES
 
@@ -303,6 +339,10 @@ def build_loss(name: str, **params: Any) -> nn.Module:
 
     Params: ``focal``: alpha, gamma; ``tce_image``/``tce_class``: t (required); all:
     ignore_index. ``tce_stochastic`` returns :class:`MCCE` (the tilt acts via sampling).
+    Baselines (:mod:`tce_ray.baseline_losses`): ``ce_weighted``: class_weights (a scheme
+    name, which needs ``index`` = the training set's ClassIndex, or K numbers), beta
+    (effective_number only), divide_by; ``ce_balanced``: scope; ``lovasz``: per_image,
+    classes; ``dice``: smooth, classes, ce_weight.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")

@@ -688,3 +688,32 @@ def test_cuda_matches_cpu(loss):
     assert out.item() == pytest.approx(cpu, rel=1e-5)
     with torch.autocast("cuda", dtype=torch.float16):
         assert dev(lg.half(), target.cuda()).dtype == torch.float32
+
+
+# ----------------------------------------------------------------- registry
+def test_baselines_are_built_by_name():
+    from tce_ray.losses import LOSS_NAMES, build_loss
+
+    assert {"ce_weighted", "ce_balanced", "lovasz", "dice"} <= set(LOSS_NAMES)
+    counts = np.array([[10, 0, 5, 0, 1], [20, 2, 0, 0, 1], [0, 0, 3, 0, 1]])
+    index = ClassIndex(counts)
+    m = build_loss("ce_weighted", class_weights="effective_number", beta=0.9, index=index, divide_by="pixels")
+    assert isinstance(m, WeightedCrossEntropy) and m.divide_by == "pixels"
+    assert torch.equal(m.weight, effective_number_weights(counts.sum(0), 0.9))
+    assert torch.equal(build_loss("ce_weighted", index=index).weight, median_frequency_weights(counts))
+    assert build_loss("ce_weighted", class_weights=[1, 2]).weight.tolist() == [1, 2]
+    b = build_loss("ce_balanced", scope="batch", ignore_index=0)
+    assert isinstance(b, ClassBalancedCrossEntropy) and (b.scope, b.ignore_index) == ("batch", 0)
+    assert build_loss("ce_balanced").scope == "image"
+    lv = build_loss("lovasz", per_image=True, classes="all")
+    assert isinstance(lv, LovaszSoftmax) and (lv.per_image, lv.classes) == (True, "all")
+    assert (build_loss("lovasz").per_image, build_loss("lovasz").classes) == (False, "present")
+    d = build_loss("dice", ce_weight=1.0, smooth=0.5, classes="all")
+    assert isinstance(d, SoftDiceLoss) and (d.ce_weight, d.smooth, d.classes) == (1.0, 0.5, "all")
+    assert build_loss("dice").ce_weight == 0.0
+    with pytest.raises(TypeError, match=r"unknown parameter\(s\) t"):
+        build_loss("lovasz", t=1.0)
+    with pytest.raises(ValueError, match="needs the training set's class index"):
+        build_loss("ce_weighted", class_weights="inverse_frequency")
+    with pytest.raises(ValueError, match="beta is required"):
+        build_loss("ce_weighted", class_weights="effective_number", index=index)
