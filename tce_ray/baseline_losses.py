@@ -368,27 +368,31 @@ class LovaszSoftmax(nn.Module):
         labelled = target != self.ignore_index
         prob = torch.softmax(logits, dim=1)
         g = b if self.per_image else 1
-        # [G, P, K]: one row of pixels per group (image or batch), one column per class
-        prob = prob.permute(0, 2, 3, 1).reshape(g, -1, k)
-        valid = labelled.reshape(g, -1, 1)
-        fg = F.one_hot(torch.where(labelled, target, 0), k).reshape(g, -1, k) & valid
+        # [G, K, P]: per group (image or batch) and class, a row over the group's pixels
+        if not self.per_image:
+            prob, target, labelled = prob.transpose(0, 1).unsqueeze(0), target.unsqueeze(0), labelled.unsqueeze(0)
+        prob = prob.reshape(g, k, -1)
+        valid = labelled.reshape(g, 1, -1)
+        classes = torch.arange(k, device=target.device).view(1, k, 1)
+        fg = (target.reshape(g, 1, -1) == classes) & valid
         errors = torch.where(valid, (fg.to(prob.dtype) - prob).abs(), 0.0)
         # ignored pixels sort strictly last (key -1 < any error), so each class's order of
         # labelled pixels is the reference's; their error is 0 and their Lovász weight 0
         key = torch.where(valid, errors.detach(), -1.0)
-        perm = torch.sort(key, dim=1, descending=True, stable=True).indices
-        errors_sorted = errors.gather(1, perm)
+        perm = torch.sort(key, dim=2, descending=True, stable=True).indices
+        errors_sorted = errors.gather(2, perm)
         with torch.no_grad():
-            fg_sorted = fg.gather(1, perm).double()
-            valid_sorted = valid.expand_as(fg).gather(1, perm).double()
-            gts = fg_sorted.sum(dim=1, keepdim=True)
-            intersection = gts - fg_sorted.cumsum(dim=1)
-            union = gts + ((1.0 - fg_sorted) * valid_sorted).cumsum(dim=1)
+            fg_sorted = fg.gather(2, perm).double()
+            n_valid = valid.sum(dim=2, keepdim=True)  # the first n_valid sorted entries
+            valid_sorted = torch.arange(perm.shape[2], device=perm.device) < n_valid
+            gts = fg_sorted.sum(dim=2, keepdim=True)
+            intersection = gts - fg_sorted.cumsum(dim=2)
+            union = gts + ((1.0 - fg_sorted) * valid_sorted).cumsum(dim=2)
             jaccard = 1.0 - intersection / union.clamp(min=1.0)  # union 0 only if no pixel yet
-            grad = torch.diff(jaccard, dim=1, prepend=torch.zeros_like(jaccard[:, :1]))
-        per_class = (errors_sorted * grad.to(errors.dtype)).sum(dim=1)  # [G, K]
-        present = gts.squeeze(1) > 0
-        has_pixels = valid.reshape(g, -1).any(dim=1)
+            grad = torch.diff(jaccard, dim=2, prepend=torch.zeros_like(jaccard[..., :1]))
+        per_class = (errors_sorted * grad.to(errors.dtype)).sum(dim=2)  # [G, K]
+        present = gts.squeeze(2) > 0
+        has_pixels = n_valid.reshape(g) > 0
         chosen = present if self.classes == "present" else has_pixels.unsqueeze(1).expand(g, k)
         per_group = _masked_mean(per_class, chosen, dim=1)
         return _masked_mean(per_group, has_pixels, dim=0)
