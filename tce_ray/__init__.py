@@ -22,6 +22,12 @@ _EXPORTS: dict[str, str] = {
     "build_loss": "tce_ray.losses",
     "per_class_ce": "tce_ray.losses",
     "LOSS_NAMES": "tce_ray.losses",
+    # baseline losses
+    "WeightedCrossEntropy": "tce_ray.baseline_losses",
+    "ClassBalancedCrossEntropy": "tce_ray.baseline_losses",
+    "LovaszSoftmax": "tce_ray.baseline_losses",
+    "SoftDiceLoss": "tce_ray.baseline_losses",
+    "resolve_class_weights": "tce_ray.baseline_losses",
     # stochastic TCE state
     "TiltState": "tce_ray.tilt",
     # metrics and objectives
@@ -62,6 +68,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from tce_ray.baseline_losses import (
+        ClassBalancedCrossEntropy,
+        LovaszSoftmax,
+        SoftDiceLoss,
+        WeightedCrossEntropy,
+        resolve_class_weights,
+    )
     from tce_ray.config import load_config
     from tce_ray.data import build_dataset, list_datasets
     from tce_ray.losses import (
