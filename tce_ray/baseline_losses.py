@@ -433,7 +433,8 @@ class SoftDiceLoss(nn.Module):
         cls = torch.where(labelled, target, 0)
         mask = labelled.unsqueeze(1)
         prob = torch.where(mask, torch.softmax(logits, dim=1), 0.0)
-        onehot = (F.one_hot(cls, k).permute(0, 3, 1, 2) & mask).to(prob.dtype)
+        classes = torch.arange(k, device=cls.device).view(1, k, 1, 1)
+        onehot = ((cls.unsqueeze(1) == classes) & mask).to(prob.dtype)
         inter = (prob * onehot).sum(dim=(0, 2, 3))
         n_true = onehot.sum(dim=(0, 2, 3))
         denom = prob.sum(dim=(0, 2, 3)) + n_true + self.smooth
