@@ -320,6 +320,16 @@ def test_weighted_ce_all_zero_weight_pixels_give_zero_not_nan():
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
+def test_weighted_and_balanced_ce_gradcheck():
+    for loss in (
+        WeightedCrossEntropy([0.5, 2.0, 1.0, 0.0]),
+        WeightedCrossEntropy([0.5, 2.0, 1.0, 0.0], divide_by="pixels"),
+        ClassBalancedCrossEntropy("image"),
+        ClassBalancedCrossEntropy("batch"),
+    ):
+        gradcheck(loss)
+
+
 def test_weighted_ce_bad_settings():
     with pytest.raises(ValueError, match="divide_by must be one of 'weights', 'pixels'"):
         WeightedCrossEntropy(WEIGHTS, divide_by="sum")  # type: ignore[arg-type]
