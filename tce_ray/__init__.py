@@ -27,6 +27,12 @@ _EXPORTS: dict[str, str] = {
     "register_dataset": "tce_ray.registry",
     "Setting": "tce_ray.registry",
     "list_losses": "tce_ray.registry",
+    # baseline losses
+    "WeightedCrossEntropy": "tce_ray.baseline_losses",
+    "ClassBalancedCrossEntropy": "tce_ray.baseline_losses",
+    "LovaszSoftmax": "tce_ray.baseline_losses",
+    "SoftDiceLoss": "tce_ray.baseline_losses",
+    "resolve_class_weights": "tce_ray.baseline_losses",
     # stochastic TCE state
     "TiltState": "tce_ray.tilt",
     # metrics and objectives
@@ -67,6 +73,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from tce_ray.baseline_losses import (
+        ClassBalancedCrossEntropy,
+        LovaszSoftmax,
+        SoftDiceLoss,
+        WeightedCrossEntropy,
+        resolve_class_weights,
+    )
     from tce_ray.config import load_config
     from tce_ray.data import build_dataset, list_datasets
     from tce_ray.losses import (

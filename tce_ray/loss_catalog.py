@@ -75,3 +75,69 @@ register_loss(
     STOCHASTIC, factory="tce_ray.losses:MCCE", settings=("t", "gamma", "tilt_signal", "weight_floor", "min_pixels"),
     params={}, needs_weight_actor=True, doc="Stochastic TCE: MCCE on batches drawn by the tilted class weights.",
 )
+
+# --------------------------------------------------------------------------- baselines
+# The remedies a fairness study is judged against (tce_ray.baseline_losses).
+
+_WEIGHT_SCHEMES = ("inverse_frequency", "median_frequency", "effective_number")
+register_setting(Setting(
+    "class_weights", Literal["inverse_frequency", "median_frequency", "effective_number"] | list[float],
+    "median_frequency",
+    "Class-weighted CE: weights from the training set's class statistics (inverse pixel frequency, "
+    "SegNet's median-frequency balancing, Cui et al.'s effective number of samples) or K numbers.",
+    label="w"))
+register_setting(Setting(
+    "beta", float, 0.9999, "Effective number of samples: w_c ∝ (1 - beta) / (1 - beta^n_c) (class_weights: "
+    "effective_number only).", ge=0.0, lt=1.0, search="range", label="β"))
+register_setting(Setting(
+    "divide_by", Literal["weights", "pixels"], "weights",
+    "Class-weighted CE's denominator: the sum of the labelled pixels' weights (torch's weighted mean) or their count.",
+    label="÷", label_omit=("weights",)))
+register_setting(Setting(
+    "scope", Literal["image", "batch"], "image",
+    "Class-balanced CE: average each class's mean CE per image (class-level TCE's t -> 0 limit) or over the batch.",
+    search="choice", label="scope", label_omit=("image",)))
+register_setting(Setting(
+    "per_image", bool, False, "Lovász-softmax per image (then averaged) instead of over the batch.",
+    search="choice", label="per_image", label_omit=(False,)))
+register_setting(Setting(
+    "classes", Literal["present", "all"], "present",
+    "Lovász / Dice: average over the classes present in the target, or over all classes.",
+    label="classes", label_omit=("present",)))
+register_setting(Setting("smooth", float, 1.0, "Soft Dice smoothing term (> 0 with classes: all).", ge=0.0, label="smooth",
+                         label_omit=(1.0,)))
+register_setting(Setting(
+    "ce_weight", float, 0.0, "Soft Dice plus this weight times MCCE (0: pure Dice).", ge=0.0, search="range",
+    label="ce", label_omit=(0.0,)))
+
+
+def _weights_need_index(settings: Mapping[str, Any]) -> bool:
+    return isinstance(settings.get("class_weights"), str)
+
+
+def _class_weights(keywords: dict[str, Any], context: LossContext) -> dict[str, Any]:
+    """``index`` for a weighting scheme; ``beta`` only for the effective number of samples."""
+    scheme = keywords["class_weights"]
+    out = dict(keywords)
+    if scheme != "effective_number":
+        out.pop("beta")
+    if isinstance(scheme, str):
+        if context.class_index is None:
+            raise ValueError(f"loss.class_weights={scheme!r} needs the class index of the training set")
+        out["index"] = context.class_index
+    elif len(scheme) != context.num_classes:
+        raise ValueError(f"loss.class_weights has {len(scheme)} values; the data set has {context.num_classes} classes")
+    return out
+
+
+register_loss(
+    "ce_weighted", factory="tce_ray.baseline_losses:make_weighted_ce",
+    settings=("class_weights", "beta", "divide_by"), needs_class_index=_weights_need_index, prepare=_class_weights,
+    doc="Cross-entropy with per-class weights (inverse / median frequency, effective number, or a list).",
+)
+register_loss("ce_balanced", factory="tce_ray.baseline_losses:ClassBalancedCrossEntropy", settings=("scope",),
+              doc="Class-balanced CE: each present class's mean CE, averaged (class-level TCE's t -> 0 limit).")
+register_loss("lovasz", factory="tce_ray.baseline_losses:LovaszSoftmax", settings=("per_image", "classes"),
+              doc="Lovász-softmax (Berman et al. 2018), over the batch or per image.")
+register_loss("dice", factory="tce_ray.baseline_losses:SoftDiceLoss", settings=("smooth", "classes", "ce_weight"),
+              doc="Soft multi-class Dice, optionally plus ce_weight x MCCE.")

@@ -297,6 +297,10 @@ def build_loss(name: str, **params: Any) -> nn.Module:
 
     Built-ins: ``focal``: alpha, gamma; ``tce_image``/``tce_class``: t (required); all:
     ignore_index. ``tce_stochastic`` returns :class:`MCCE` (the tilt acts via sampling).
+    Baselines (:mod:`tce_ray.baseline_losses`): ``ce_weighted``: class_weights (a scheme
+    name, which needs ``index`` = the training set's ClassIndex, or K numbers), beta
+    (effective_number only), divide_by; ``ce_balanced``: scope; ``lovasz``: per_image,
+    classes; ``dice``: smooth, classes, ce_weight.
     """
     entry = get_loss(name)
     factory = entry.resolve_factory()

@@ -372,7 +372,12 @@ def test_bad_dtypes():
 
 # ----------------------------------------------------------------- factory
 def test_build_loss_names_and_params():
-    assert set(LOSS_NAMES) == {"mcce", "focal", "tce_image", "tce_class", "tce_stochastic"}
+    assert set(LOSS_NAMES) == {"mcce", "focal", "tce_image", "tce_class", "tce_stochastic"} | {
+        "ce_weighted",
+        "ce_balanced",
+        "lovasz",
+        "dice",
+    }
     assert type(build_loss("mcce")) is MCCE
     assert type(build_loss("tce_stochastic", ignore_index=0)) is MCCE
     assert build_loss("tce_stochastic", ignore_index=0).ignore_index == 0
@@ -383,14 +388,16 @@ def test_build_loss_names_and_params():
     assert (ti.level, ti.t) == ("image", 0.1)
     assert (tc.level, tc.t, tc.ignore_index) == ("class", -1.0, 3)
     for name in LOSS_NAMES:
-        params = {"t": 1.0} if name.startswith("tce_") and name != "tce_stochastic" else {}
+        params: dict = {"t": 1.0} if name.startswith("tce_") and name != "tce_stochastic" else {}
+        if name == "ce_weighted":
+            params = {"class_weights": [1.0, 2.0]}
         assert isinstance(build_loss(name, **params), nn.Module)
 
 
 def test_build_loss_errors():
     with pytest.raises(ValueError) as e:
-        build_loss("dice")
-    assert all(n in str(e.value) for n in LOSS_NAMES) and "'dice'" in str(e.value)
+        build_loss("jaccard")
+    assert all(n in str(e.value) for n in LOSS_NAMES) and "'jaccard'" in str(e.value)
     with pytest.raises(TypeError, match=r"unknown parameter\(s\) t; accepted: alpha, gamma, ignore_index"):
         build_loss("focal", t=1.0)
     with pytest.raises(TypeError, match="tilt"):

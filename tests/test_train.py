@@ -193,3 +193,43 @@ def test_other_losses_in_local_mode(tmp_path, loss):
     m = fit_local(tiny_run(loss, steps=3, eval_every=3), f"local-{loss}", tmp_path).metrics
     assert m["step"] == 3 and m["world_size"] == 1 and math.isfinite(m["loss"]) and math.isfinite(m["iou_std"])
     assert not any(k.startswith("weights/") for k in m)
+
+
+def test_make_loss_builds_the_baselines_from_a_run():
+    """The baseline losses come out of the registry with their settings (scheme -> class index)."""
+    from tce_ray.baseline_losses import (
+        ClassBalancedCrossEntropy, LovaszSoftmax, SoftDiceLoss, WeightedCrossEntropy, median_frequency_weights,
+        effective_number_weights,
+    )
+
+    run = tiny_run()
+    ds, _ = build_datasets(run)
+    index = ClassIndex.from_dataset(ds)
+    k = ds.num_classes
+    as_ = lambda **loss: run.merged({"loss": loss})  # noqa: E731
+    weighted = make_loss(as_(name="ce_weighted"), k, index)
+    assert isinstance(weighted, WeightedCrossEntropy)
+    assert torch.allclose(weighted.weight, median_frequency_weights(index))
+    eff = make_loss(as_(name="ce_weighted", class_weights="effective_number", beta=0.99), k, index)
+    assert torch.allclose(eff.weight, effective_number_weights(index.counts.sum(axis=0), 0.99))
+    explicit = make_loss(as_(name="ce_weighted", class_weights=[1.0] * k), k, None)  # a list needs no index
+    assert explicit.weight.tolist() == [1.0] * k
+    with pytest.raises(ValueError, match="class index"):
+        make_loss(as_(name="ce_weighted"), k, None)
+    with pytest.raises(ValueError, match="values; the data set has"):
+        make_loss(as_(name="ce_weighted", class_weights=[1.0, 2.0]), k, None)
+    assert make_loss(as_(name="ce_balanced", scope="batch"), k).scope == "batch"
+    assert make_loss(as_(name="lovasz", per_image=True), k).per_image is True
+    dice = make_loss(as_(name="dice", ce_weight=0.5), k)
+    assert isinstance(dice, SoftDiceLoss) and dice.ce_weight == 0.5
+    assert isinstance(make_loss(as_(name="ce_balanced"), k), ClassBalancedCrossEntropy)
+    assert isinstance(make_loss(as_(name="lovasz"), k), LovaszSoftmax)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("loss", ["ce_weighted", "ce_balanced", "lovasz", "dice"])
+def test_baseline_losses_train(ray_session, tmp_path, loss):
+    run = tiny_run(loss, steps=2, eval_every=2)
+    result = fit_local(run, name=f"b-{loss}", storage_path=tmp_path)
+    assert result.error is None and result.metrics["step"] == 2 and math.isfinite(result.metrics["loss"])
