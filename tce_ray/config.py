@@ -54,13 +54,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_SEED = 2**32
 """Seeds of ``search.seeds`` lie in [0, MAX_SEED) (what numpy and torch accept everywhere)."""
 
 from .runspec import DataSpec, LossName, LossSpec, ModelSpec, OptimSpec, RunSpec, TrainSpec
+from .yaml_load import YamlLoadError, load_yaml
 
 __all__ = [
     "ConfigError",
@@ -459,26 +459,11 @@ def expand_env(value: str, *, where: str = "", environ: dict[str, str] | None = 
 
 
 def _line_map(text: str) -> dict[tuple[Any, ...], int]:
-    """Key path -> 1-based line of the key (mappings) or item (sequences), via yaml.compose."""
-    lines: dict[tuple[Any, ...], int] = {}
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-
-    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, val in node.value:
-                p = path + (key.value,)
-                lines[p] = key.start_mark.line + 1
-                walk(val, p)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                p = path + (i,)
-                lines[p] = item.start_mark.line + 1
-                walk(item, p)
-
-    if root is not None:
-        lines[()] = root.start_mark.line + 1
-        walk(root, ())
-    return lines
+    """Key path -> 1-based line of the key (mappings) or item (sequences); {} for bad YAML."""
+    try:
+        return load_yaml(text).lines
+    except YamlLoadError:
+        return {}
 
 
 def _expand_tree(data: Any, path: tuple[Any, ...] = ()) -> tuple[Any, list[tuple[tuple[Any, ...], ConfigError]]]:
@@ -682,11 +667,10 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read it: {exc}", file=str(p)) from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"YAML syntax error: {problem}", line=mark.line + 1 if mark else None, file=str(p)) from None
+        doc = load_yaml(text)  # refuses alias bombs, duplicate keys, over-deep nesting
+    except YamlLoadError as exc:
+        raise ConfigError(exc.message, path=exc.path, line=exc.line, file=str(p)) from None
+    data = doc.data
     if data is None:
         raise ConfigError("the file is empty; a study needs at least a name (see studies/smoke.yaml)", file=str(p))
     return parse_config(data, file=str(p), text=text)
