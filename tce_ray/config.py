@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_SEED = 2**32
 """Seeds of ``search.seeds`` lie in [0, MAX_SEED) (what numpy and torch accept everywhere)."""
 
-from .runspec import DataSpec, LossName, LossSpec, ModelSpec, OptimSpec, RunSpec, TrainSpec
+from .runspec import DataSpec, LossName, LossSpec, ModelSpec, OptimSpec, RunSpec, TrainSpec, reject_bools
 from .yaml_load import YamlLoadError, load_yaml
 
 __all__ = [
@@ -113,7 +113,14 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors, booleans are not numbers, floats must be finite (see runspec)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, v: Any, info: Any) -> Any:
+        return reject_bools(cls, v, info)
 
 
 class FloatRange(_Strict):
@@ -542,6 +549,9 @@ def _describe(err: dict[str, Any], data: Any, path: tuple[Any, ...]) -> str:
         return f"unknown key {key!r}{where}{hint}; valid keys: {', '.join(valid)}"
     if kind == "missing":
         return "this required key is missing"
+    if kind == "finite_number":
+        return (f"must be a finite number (got {err.get('input')!r}); .inf, .nan and numbers beyond 1.8e308 "
+                "are not allowed here")
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]

@@ -9,16 +9,47 @@ and hands the result to ``tce_ray.train``.
 
 from __future__ import annotations
 
+import math
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 LossName = Literal["mcce", "focal", "tce_image", "tce_class", "tce_stochastic"]
 TCE_LOSSES: tuple[str, ...] = ("tce_image", "tce_class", "tce_stochastic")
 
 
+def _takes_bool(tp: Any) -> bool:
+    """Whether a field's annotation accepts a boolean anywhere (bool, Any, Literal[True])."""
+    if tp is bool or tp is Any or (tp is True or tp is False):
+        return True
+    return any(_takes_bool(arg) for arg in typing.get_args(tp))
+
+
+def _has_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(_has_bool(v) for v in value))
+
+
+def reject_bools(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A before-validator for every field: pydantic's lax mode reads ``true`` as 1 (and
+    1.0), so ``batch_size: true`` would train with batch size 1. Fields whose annotation
+    names ``bool`` or ``Any`` keep their booleans."""
+    field = model.model_fields.get(info.field_name or "")
+    if field is not None and not _takes_bool(field.annotation) and _has_bool(value):
+        raise ValueError("a boolean (true/false) is not a number here; write a number (e.g. 4 or 0.1)")
+    return value
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors, booleans are not numbers, and every float must be finite
+    (a field that may be infinite says so with ``Field(allow_inf_nan=True)``; none does)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, v: Any, info: ValidationInfo) -> Any:
+        return reject_bools(cls, v, info)
 
 
 class DataSpec(_Strict):
@@ -30,6 +61,20 @@ class DataSpec(_Strict):
     val_split: str = "val"
     options: dict[str, Any] = Field(default_factory=dict)
     """Passed to ``build_dataset`` for both splits (e.g. ``num_images``, ``image_size``)."""
+
+    @field_validator("options")
+    @classmethod
+    def _finite_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        def walk(x: Any, where: str) -> None:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"{where} is {x}; every number must be finite (.inf, .nan and numbers "
+                                 "beyond 1.8e308 are not allowed)")
+            for k, y in (x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, (list, tuple)) else ()):
+                walk(y, f"{where}.{k}")
+
+        for key, value in v.items():
+            walk(value, str(key))
+        return v
     crop_size: int | tuple[int, int] | None = None
     """Training crop (square for an int); ``None`` trains on whole images."""
     scale_range: tuple[float, float] = (0.5, 2.0)
