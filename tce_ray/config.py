@@ -60,7 +60,7 @@ MAX_SEED = 2**32
 """Seeds of ``search.seeds`` lie in [0, MAX_SEED) (what numpy and torch accept everywhere)."""
 
 from .runspec import DataSpec, LossName, LossSpec, ModelSpec, OptimSpec, RunSpec, TrainSpec, reject_bools
-from .yaml_load import YamlLoadError, load_yaml
+from .yaml_load import MAX_CHARS, YamlLoadError, load_yaml
 
 __all__ = [
     "ConfigError",
@@ -672,6 +672,8 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"no such study file; the shipped studies are in studies/ (e.g. {BUILTIN_STUDY})", file=str(p))
+    if p.stat().st_size > 4 * MAX_CHARS:  # before reading: a study file has a few kB
+        raise ConfigError(f"the file has {p.stat().st_size:,} bytes; a study file has a few thousand", file=str(p))
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -175,3 +175,21 @@ def test_cli_exit_2_one_line(tmp_path, text, needle, path, words):
     for w in words:
         assert w in lines[0], (w, lines[0])
     assert not (tmp_path / "res").exists()
+
+
+def test_huge_or_deep_files_are_refused_before_parsing(tmp_path):
+    from tce_ray.yaml_load import MAX_CHARS
+
+    p = tmp_path / "big.yaml"
+    p.write_text(GOOD + "# " + "x" * (4 * MAX_CHARS) + "\n")
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="bytes; a study file has a few thousand"):
+        load_config(p)
+    assert time.monotonic() - t0 < 5
+    p.write_text(GOOD + "# " + "x" * MAX_CHARS + "\n")
+    with pytest.raises(ConfigError, match="characters"):
+        load_config(p)
+    text = GOOD + "deep: " + "[" * 80 + "]" * 80 + "\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text))
+    assert info.value.line == _line_of(text, "deep:") and "nested more than 64 levels" in str(info.value)
