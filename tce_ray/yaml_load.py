@@ -144,7 +144,7 @@ class _Builder:
 
     # -- building ----------------------------------------------------------------------
 
-    def build(self, item: Any, path: tuple[Any, ...], record: bool = True) -> Any:
+    def build(self, item: Any, path: tuple[Any, ...]) -> Any:
         """The value of ``item`` (a node or an alias) found at ``path``."""
         if isinstance(item, _Alias):
             for active, _ in self.expanding:
@@ -156,7 +156,7 @@ class _Builder:
                     )
             self.expanding.append((item, path))
             try:
-                return self.build(item.node, path, record=False)
+                return self.build(item.node, path)
             finally:
                 self.expanding.pop()
         node: Node = item
