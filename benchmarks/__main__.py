@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "confusion": ("benchmarks.bench_confusion", "confusion matrix, 19 classes, 2x1024x2048: >= 1.5x the masked bincount"),
     "loader": ("benchmarks.bench_loader", "loader images/s with 2 processes: >= 3x the training step rate"),
+    "verify": ("benchmarks.bench_verify", "full decode + label check of CamVid train+val, 1/2/4 threads; cached re-check"),
     "actor": ("benchmarks.bench_actor", "class-weight actor, 8 reporters: >= 10,000 reports/s batched"),
     "step_overhead": ("benchmarks.bench_step_overhead", "stochastic-TCE step / MCCE step, 2 workers: <= 1.03"),
     "train_throughput": ("benchmarks.bench_train_throughput", "images/s of a real Ray Train run (CPU; --gpu on a GPU)"),

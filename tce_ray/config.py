@@ -67,11 +67,11 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .registry import SearchParam, get_search_param, list_losses, list_settings, search_params
-from .runspec import BUILTIN_STUDY, KeyPathError, RegistryShaped, RunSpec, is_uri
+from .runspec import BUILTIN_STUDY, KeyPathError, RegistryShaped, RunSpec, is_uri, reject_bools
+from .yaml_load import MAX_CHARS, YamlLoadError, load_yaml
 
 MAX_SEED = 2**32
 """Seeds of ``search.seeds`` lie in [0, MAX_SEED) (what numpy and torch accept everywhere)."""
@@ -116,7 +116,14 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors, booleans are not numbers, floats must be finite (see runspec)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, v: Any, info: Any) -> Any:
+        return reject_bools(cls, v, info)
 
 
 class _Range(_Strict):
@@ -185,7 +192,7 @@ class ConfigurationSpec(RegistryShaped):
             fields[s.name] = (s.annotation() | None, None)
         for section in _other_sections():
             fields[section] = (dict[str, Any] | None, None)
-        return create_model("ConfigurationSpec", __config__=ConfigDict(extra="forbid"), **fields)
+        return create_model("ConfigurationSpec", __base__=_Strict, **fields)
 
     def settings(self) -> dict[str, Any]:
         """The loss settings given (``name`` included)."""
@@ -495,26 +502,11 @@ def expand_env(value: str, *, where: str = "", environ: dict[str, str] | None = 
 
 
 def _line_map(text: str) -> dict[tuple[Any, ...], int]:
-    """Key path -> 1-based line of the key (mappings) or item (sequences), via yaml.compose."""
-    lines: dict[tuple[Any, ...], int] = {}
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-
-    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, val in node.value:
-                p = path + (key.value,)
-                lines[p] = key.start_mark.line + 1
-                walk(val, p)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                p = path + (i,)
-                lines[p] = item.start_mark.line + 1
-                walk(item, p)
-
-    if root is not None:
-        lines[()] = root.start_mark.line + 1
-        walk(root, ())
-    return lines
+    """Key path -> 1-based line of the key (mappings) or item (sequences); {} for bad YAML."""
+    try:
+        return load_yaml(text).lines
+    except YamlLoadError:
+        return {}
 
 
 def _expand_tree(data: Any, path: tuple[Any, ...] = ()) -> tuple[Any, list[tuple[tuple[Any, ...], ConfigError]]]:
@@ -593,6 +585,9 @@ def _describe(err: dict[str, Any], data: Any, path: tuple[Any, ...]) -> str:
         return f"unknown key {key!r}{where}{hint}; valid keys: {', '.join(valid)}"
     if kind == "missing":
         return "this required key is missing"
+    if kind == "finite_number":
+        return (f"must be a finite number (got {err.get('input')!r}); .inf, .nan and numbers beyond 1.8e308 "
+                "are not allowed here")
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
@@ -696,16 +691,17 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"no such study file; the shipped studies are in studies/ (e.g. {BUILTIN_STUDY})", file=str(p))
+    if p.stat().st_size > 4 * MAX_CHARS:  # before reading: a study file has a few kB
+        raise ConfigError(f"the file has {p.stat().st_size:,} bytes; a study file has a few thousand", file=str(p))
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read it: {exc}", file=str(p)) from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"YAML syntax error: {problem}", line=mark.line + 1 if mark else None, file=str(p)) from None
+        doc = load_yaml(text)  # refuses alias bombs, duplicate keys, over-deep nesting
+    except YamlLoadError as exc:
+        raise ConfigError(exc.message, path=exc.path, line=exc.line, file=str(p)) from None
+    data = doc.data
     if data is None:
         raise ConfigError("the file is empty; a study needs at least a name (see studies/smoke.yaml)", file=str(p))
     return parse_config(data, file=str(p), text=text)

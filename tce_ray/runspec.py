@@ -13,8 +13,10 @@ with its type, bounds and default, stated once in its :class:`~tce_ray.registry.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -41,8 +43,37 @@ def is_uri(path: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", path))
 
 
+def _takes_bool(tp: Any) -> bool:
+    """Whether a field's annotation accepts a boolean anywhere (bool, Any, Literal[True])."""
+    if tp is bool or tp is Any or (tp is True or tp is False):
+        return True
+    return any(_takes_bool(arg) for arg in typing.get_args(tp))
+
+
+def _has_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(_has_bool(v) for v in value))
+
+
+def reject_bools(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A before-validator for every field: pydantic's lax mode reads ``true`` as 1 (and
+    1.0), so ``batch_size: true`` would train with batch size 1. Fields whose annotation
+    names ``bool`` or ``Any`` keep their booleans."""
+    field = model.model_fields.get(info.field_name or "")
+    if field is not None and not _takes_bool(field.annotation) and _has_bool(value):
+        raise ValueError("a boolean (true/false) is not a number here; write a number (e.g. 4 or 0.1)")
+    return value
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors, booleans are not numbers, and every float must be finite
+    (a field that may be infinite says so with ``Field(allow_inf_nan=True)``; none does)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, v: Any, info: ValidationInfo) -> Any:
+        return reject_bools(cls, v, info)
 
 
 class RegistryShaped(BaseModel):
@@ -88,6 +119,20 @@ class DataSpec(_Strict):
     val_split: str = "val"
     options: dict[str, Any] = Field(default_factory=dict)
     """Passed to ``build_dataset`` for both splits (e.g. ``num_images``, ``image_size``)."""
+
+    @field_validator("options")
+    @classmethod
+    def _finite_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        def walk(x: Any, where: str) -> None:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"{where} is {x}; every number must be finite (.inf, .nan and numbers "
+                                 "beyond 1.8e308 are not allowed)")
+            for k, y in (x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, (list, tuple)) else ()):
+                walk(y, f"{where}.{k}")
+
+        for key, value in v.items():
+            walk(value, str(key))
+        return v
     crop_size: int | tuple[int, int] | None = None
     """Training crop (square for an int); ``None`` trains on whole images."""
     scale_range: tuple[float, float] = (0.5, 2.0)
@@ -172,7 +217,7 @@ class LossSpec(RegistryShaped):
         fields: dict[str, Any] = {"name": (Literal[tuple(list_losses())], "mcce")}
         for s in list_settings():
             fields[s.name] = (s.annotation(), Field(s.default, description=s.doc))
-        return create_model("LossSpec", __config__=ConfigDict(extra="forbid"), **fields)
+        return create_model("LossSpec", __base__=_Strict, **fields)  # strict: no bools, finite floats
 
 
 class OptimSpec(_Strict):
