@@ -13,11 +13,12 @@ in the crops.
 Sources of the class draws (one row each, per setting):
 - ``shuffle``: plain shuffling (uniform images, random crop): what MCCE trains on;
 - ``uniform``: stochastic TCE with uniform class weights (its start, and its t -> 0 limit);
-- ``tilted``: a given weight vector (``--weights``; default the weights the class signal
-  reached on CamVid at t = 1: pole 0.27, bicyclist 0.28, the other classes sharing 0.45);
+- ``tilted``: a given weight vector (``--weights``; on CamVid by default the weights the
+  class signal reached at t = 1: pole 0.27, bicyclist 0.28, the other classes sharing 0.45);
 - ``rare_class``: static rare-class sampling, ``p_c ∝ exp((1 - f_c) / T)`` (DAFormer).
-Settings: ``paper`` (image_power 0, random crop: Algorithm 1), ``power1`` (image_power 1),
-``crop`` (class-centred crop), ``both``.
+Settings: ``paper`` (image_power 0, random crop: Algorithm 1), ``crop`` (class-centred
+crop), and for each ``--powers`` value p (default 1): ``power<p>`` (image_power p) and
+``crop+power<p>`` (both).
 
 Output: a table of each class's share (%) of the labelled crop pixels, plus the share of
 draws that went to the weight vector's top classes and how often the crop held the drawn
@@ -25,7 +26,7 @@ class; one JSON per (data set, source, setting) in benchmarks/out/
 (``pixel_share_<data>_<source>_<setting>.json``) with the standard error of every share
 (from 10 blocks of batches).
 
-    python -m benchmarks.bench_pixel_share [--data camvid] [--batches 600] [--quick]
+    python -m benchmarks.bench_pixel_share [--data camvid] [--batches 600] [--powers 1 2] [--quick]
 """
 
 from __future__ import annotations
@@ -43,13 +44,19 @@ from benchmarks.bench_loader import camvid_root
 from tce_ray.data import SegmentationTransform, build_dataset
 from tce_ray.sampling import ClassIndex, StaticClassWeights, TiltedBatchSampler, rare_class_probabilities
 
-SETTINGS: dict[str, tuple[float, bool]] = {
-    "paper": (0.0, False),
-    "power1": (1.0, False),
-    "crop": (0.0, True),
-    "both": (1.0, True),
-}
 BLOCKS = 10
+
+
+def sampling_settings(powers: list[float]) -> dict[str, tuple[float, bool]]:
+    """name -> (image_power, class_crop): ``paper``, ``crop`` and, for each power p,
+    ``power<p>`` and ``crop+power<p>``."""
+    out: dict[str, tuple[float, bool]] = {"paper": (0.0, False), "crop": (0.0, True)}
+    for p in powers:
+        if not p > 0:
+            raise SystemExit(f"--powers: each image_power must be > 0 (0 is the paper's setting), got {p}")
+        out[f"power{p:g}"] = (p, False)
+        out[f"crop+power{p:g}"] = (p, True)
+    return out
 
 
 def parse_weights(text: str, names: tuple[str, ...], drawable: np.ndarray) -> np.ndarray:
@@ -118,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, nargs=2, default=(0.75, 1.5))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--batches", type=int, default=600, help="batches per row")
-    p.add_argument("--weights", default="pole=0.27,bicyclist=0.28")
+    p.add_argument("--weights", default=None,
+                   help="class=weight,... (default: CamVid's pole=0.27,bicyclist=0.28; other data: the two rarest "
+                        "classes 0.27 and 0.28); the other drawable classes share the rest")
     p.add_argument("--temperature", type=float, default=0.01, help="rare-class sampling's T (DAFormer: 0.01)")
+    p.add_argument("--powers", type=float, nargs="+", default=[1.0], help="image_power values besides 0")
     p.add_argument("--min-pixels", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-images", action="store_true", help="run the full transform on the real images (slower)")
@@ -148,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     transform = SegmentationTransform(
         augment=True, crop_size=args.crop, scale_range=tuple(args.scale), jitter=0.3 if args.with_images else 0.0
     )
+    settings = sampling_settings(args.powers)
+    if args.weights is None:
+        rare = [names[int(c)] for c in drawable[np.argsort(freq[drawable])][:2]]
+        args.weights = "pole=0.27,bicyclist=0.28" if args.data == "camvid" else f"{rare[1]}=0.27,{rare[0]}=0.28"
     tilted = parse_weights(args.weights, names, drawable)
     uniform = np.zeros(k)
     uniform[drawable] = 1.0 / drawable.size
@@ -160,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     meta_common = {
         "data": args.data, "downscale": args.downscale if args.data == "camvid" else None, "crop": args.crop,
         "scale_range": list(args.scale), "batch_size": args.batch_size, "batches": args.batches,
-        "min_pixels": args.min_pixels, "seed": args.seed, "with_images": args.with_images,
+        "min_pixels": args.min_pixels, "seed": args.seed, "with_images": args.with_images, "weights_arg": args.weights,
         "class_names": list(names), "train_pixel_frequency": freq.tolist(),
     }
 
@@ -177,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         meta = {**meta_common, "source": source, "setting": setting, "seconds": round(seconds, 1),
                 "class_weights": None if weights is None else weights.tolist(),
-                "image_power": SETTINGS[setting][0], "class_crop": SETTINGS[setting][1]}
+                "image_power": settings[setting][0], "class_crop": settings[setting][1]}
         if source == "rare_class":
             meta["temperature"] = args.temperature
         detail = [{"class": names[c], "share": float(res["share"][c]), "share_se": float(res["share_se"][c])}
@@ -196,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
            time.perf_counter() - t)
 
     for source, weights in sources.items():
-        for setting, (power, crop) in SETTINGS.items():
+        for setting, (power, crop) in settings.items():
             torch.manual_seed(args.seed)
             sampler = TiltedBatchSampler(index, StaticClassWeights(weights), args.batch_size, args.batches,
                                          min_pixels=args.min_pixels, seed=args.seed, image_power=power, class_crop=crop)
