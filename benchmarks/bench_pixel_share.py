@@ -23,8 +23,9 @@ crop), and for each ``--powers`` value p (default 1): ``power<p>`` (image_power 
 Output: a table of each class's share (%) of the labelled crop pixels, plus the share of
 draws that went to the weight vector's top classes and how often the crop held the drawn
 class; one JSON per (data set, source, setting) in benchmarks/out/
-(``pixel_share_<data>_<source>_<setting>.json``) with the standard error of every share
-(from 10 blocks of batches).
+(``pixel_share_<data>_<source>_<setting>.json``; a non-default ``--weights`` or
+``--temperature`` is part of the source's name, so no run overwrites another
+configuration's file) with the standard error of every share (from 10 blocks of batches).
 
     python -m benchmarks.bench_pixel_share [--data camvid] [--batches 600] [--powers 1 2] [--quick]
 """
@@ -32,6 +33,7 @@ class; one JSON per (data set, source, setting) in benchmarks/out/
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -159,16 +161,20 @@ def main(argv: list[str] | None = None) -> int:
         augment=True, crop_size=args.crop, scale_range=tuple(args.scale), jitter=0.3 if args.with_images else 0.0
     )
     settings = sampling_settings(args.powers)
+    default_weights = args.weights is None
     if args.weights is None:
         rare = [names[int(c)] for c in drawable[np.argsort(freq[drawable])][:2]]
         args.weights = "pole=0.27,bicyclist=0.28" if args.data == "camvid" else f"{rare[1]}=0.27,{rare[0]}=0.28"
     tilted = parse_weights(args.weights, names, drawable)
     uniform = np.zeros(k)
     uniform[drawable] = 1.0 / drawable.size
+    # a non-default weight vector or temperature is named in the source (and the JSON file name)
+    tilted_name = "tilted" if default_weights else "tilted-" + re.sub(r"[^A-Za-z0-9.]+", "-", args.weights).strip("-")
+    rare_name = "rare_class" if args.temperature == 0.01 else f"rare_class-T{args.temperature:g}"
     sources: dict[str, np.ndarray] = {
         "uniform": uniform,
-        "tilted": tilted,
-        "rare_class": rare_class_probabilities(freq, args.temperature, drawable),
+        tilted_name: tilted,
+        rare_name: rare_class_probabilities(freq, args.temperature, drawable),
     }
     top = [int(c) for c in np.argsort(-tilted)[:2]]
     meta_common = {
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {**meta_common, "source": source, "setting": setting, "seconds": round(seconds, 1),
                 "class_weights": None if weights is None else weights.tolist(),
                 "image_power": settings[setting][0], "class_crop": settings[setting][1]}
-        if source == "rare_class":
+        if source.startswith("rare_class"):
             meta["temperature"] = args.temperature
         detail = [{"class": names[c], "share": float(res["share"][c]), "share_se": float(res["share_se"][c])}
                   for c in range(k)]
