@@ -60,17 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_SEED = 2**32
 """Seeds of ``search.seeds`` lie in [0, MAX_SEED) (what numpy and torch accept everywhere)."""
 
-from .runspec import (
-    DataSpec,
-    LossName,
-    LossSpec,
-    ModelSpec,
-    OptimSpec,
-    RunSpec,
-    SamplingSpec,
-    TrainSpec,
-    check_sampling,
-)
+from .runspec import DataSpec, LossName, LossSpec, ModelSpec, OptimSpec, RunSpec, TrainSpec
 
 __all__ = [
     "ConfigError",
@@ -179,9 +169,6 @@ class ConfigurationSpec(_Strict):
     tilt_signal: Literal["batch", "class"] | None = None
     weight_floor: float | None = Field(None, ge=0.0, le=1.0)
     min_pixels: int | None = Field(None, ge=1)
-    sampling: dict[str, Any] | None = None
-    """Overrides of the base run's ``sampling`` section for this configuration (e.g.
-    ``{image_power: 1, class_crop: true}``); checked against ``SamplingSpec``."""
 
     def settings(self) -> dict[str, Any]:
         """The fields given (loss settings, ``name`` included)."""
@@ -332,7 +319,6 @@ class StudyConfig(_Strict):
     optim: OptimSpec = Field(default_factory=OptimSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     objectives: list[str] = Field(default_factory=lambda: ["worst_iou", "iou_std"])
-    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -387,29 +373,11 @@ class StudyConfig(_Strict):
                 "search.configurations or remove seeds (sampled trials use train.seed)"
             )
         for i, c in enumerate(s.configurations):
-            settings = c.settings()
-            sampling = settings.pop("sampling", None)
             try:
-                LossSpec.model_validate({**self.loss.model_dump(), **settings})
+                LossSpec.model_validate({**self.loss.model_dump(), **c.settings()})
             except ValidationError as exc:
                 err = exc.errors()[0]
                 raise _PathError(f"search.configurations.{i}.{'.'.join(map(str, err['loc']))}", err["msg"]) from None
-            try:
-                merged = SamplingSpec.model_validate({**self.sampling.model_dump(), **(sampling or {})})
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                where = f"search.configurations.{i}.sampling.{'.'.join(map(str, err['loc']))}"
-                raise _PathError(where, err["msg"]) from None
-            try:
-                check_sampling(c.name, merged)
-            except ValueError as exc:
-                raise _PathError(f"search.configurations.{i}.sampling", str(exc)) from None
-        if s.num_samples > 0:
-            for name in s.losses or [self.loss.name]:
-                try:
-                    check_sampling(name, self.sampling)
-                except ValueError as exc:
-                    raise _PathError("sampling", f"for the sampled trials' loss {name!r}: {exc}") from None
         if self.scheduler is not None and self.scheduler.asha is not None:
             metric = self.scheduler.asha.metric
             if metric not in self.objectives:
@@ -424,19 +392,13 @@ class StudyConfig(_Strict):
         """The base run (every section but the study's own)."""
         return RunSpec(
             data=self.data, model=self.model, loss=self.loss, optim=self.optim, train=self.train,
-            objectives=list(self.objectives), sampling=self.sampling,
+            objectives=list(self.objectives),
         )
 
     def run_for(self, loss_settings: dict[str, Any], seed: int | None = None) -> RunSpec:
         """The base run with a trial's loss settings (``name``, ``t``, ...) applied, and
         ``train.seed`` replaced by ``seed`` when one is given."""
-        sections = ("data", "model", "loss", "optim", "train", "sampling")
-        run: dict[str, Any] = {k: getattr(self, k).model_dump(mode="json") for k in sections}
-        run["objectives"] = list(self.objectives)  # the base run is validated with the trial's settings below
-        loss_settings = dict(loss_settings)
-        sampling = loss_settings.pop("sampling", None)  # a configuration's sampling overrides
-        if sampling:
-            run["sampling"].update(sampling)
+        run = self.base_run().model_dump(mode="json")
         run["loss"].update({k: v for k, v in loss_settings.items() if v is not None})
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, int):

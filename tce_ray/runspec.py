@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 LossName = Literal["mcce", "focal", "tce_image", "tce_class", "tce_stochastic"]
 TCE_LOSSES: tuple[str, ...] = ("tce_image", "tce_class", "tce_stochastic")
@@ -72,38 +72,6 @@ class LossSpec(_Strict):
         return v
 
 
-SamplingMode = Literal["default", "rare_class"]
-
-
-class SamplingSpec(_Strict):
-    """How training batches are drawn (``tce_ray.sampling``).
-
-    ``mode``: ``default`` = the loss decides (``tce_stochastic`` draws a class from its
-    tilted weights, every other loss shuffles the images); ``rare_class`` = static
-    rare-class sampling (DAFormer, Hoyer et al. 2022): a class with probability
-    ``∝ exp((1 - f_c) / temperature)`` (``f_c``: its share of the training pixels), then
-    images containing it, for any loss but ``tce_stochastic``.
-    ``image_power`` and ``class_crop`` act whenever batches are drawn by class
-    (``tce_stochastic`` or ``rare_class``); the paper's Algorithm 1 is ``image_power: 0,
-    class_crop: false`` (the defaults).
-    """
-
-    mode: SamplingMode = "default"
-    temperature: float = Field(0.01, gt=0.0)
-    """Rare-class sampling's T (DAFormer's default 0.01); only with ``mode: rare_class``."""
-    image_power: float = Field(0.0, ge=0.0)
-    """P(image m | class c) ∝ n_{m,c} ** image_power: 0 uniform over D_c (the paper), 1 ∝ pixels."""
-    class_crop: bool = False
-    """Place each training crop on pixels of the batch's drawn class."""
-
-    @field_validator("temperature", "image_power")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if v != v or v in (float("inf"), float("-inf")):
-            raise ValueError("must be a finite number")
-        return v
-
-
 class OptimSpec(_Strict):
     """SGD with momentum and a poly schedule, as the DeepLabv3+ reference."""
 
@@ -146,26 +114,3 @@ class RunSpec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     objectives: list[str] = Field(default_factory=lambda: ["worst_iou", "iou_std"])
     """Registry names (``tce_ray.objectives``) computed at every evaluation."""
-    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
-
-    @model_validator(mode="after")
-    def _sampling_fits_loss(self) -> RunSpec:
-        check_sampling(self.loss.name, self.sampling)
-        return self
-
-
-def check_sampling(loss_name: str, sampling: SamplingSpec) -> None:
-    """Raise ValueError when ``sampling`` does not apply to ``loss_name``."""
-    stochastic = loss_name == "tce_stochastic"
-    if sampling.mode == "rare_class" and stochastic:
-        raise ValueError(
-            "sampling.mode rare_class draws classes from fixed probabilities, but tce_stochastic draws them "
-            "from its tilted weights; use mode: default with tce_stochastic, or another loss with rare_class"
-        )
-    by_class = stochastic or sampling.mode == "rare_class"
-    if not by_class and (sampling.image_power != 0.0 or sampling.class_crop):
-        raise ValueError(
-            f"sampling.image_power / class_crop act only when batches are drawn by class; loss {loss_name!r} "
-            "with mode: default shuffles images. Set sampling.mode: rare_class, use tce_stochastic, or leave "
-            "image_power: 0 and class_crop: false"
-        )

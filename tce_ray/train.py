@@ -11,9 +11,7 @@ creates the run's :data:`~tce_ray.weights_actor.ClassWeightActor`, builds a
   with ``(seed, rank, start step)``) whose weight source is a
   :class:`~tce_ray.weights_actor.WeightClient`; after each step the worker reports
   ``(class, signal)`` without blocking (signal: the batch MCCE, or the CE over the drawn
-  class's pixels with ``tilt_signal="class"``). ``run.sampling`` (``tce_ray.runspec.SamplingSpec``):
-  ``mode: rare_class`` draws batches with the same sampler from fixed rare-class
-  probabilities, for any other loss; ``image_power`` / ``class_crop`` go to the sampler.
+  class's pixels with ``tilt_signal="class"``).
 - model: ``deeplabv3plus`` wrapped by ``ray.train.torch.prepare_model`` (DDP over gloo on
   CPU, NCCL on GPU); SGD with momentum and weight decay, poly schedule
   ``lr = lr0 * (1 - step/steps) ** power``; on CUDA with ``run.train.amp``, autocast in
@@ -45,9 +43,7 @@ this attempt but its first; ``steps_timed`` of them), ``world_size``, ``restored
 TCE: ``weights/<class>``, ``weight_updates``, ``weight_state_hash`` (of the checkpointed
 state), ``restored_weight_hash`` (of the actor's state right after the restore),
 ``weights_age_steps_max`` and ``weights_lag_bound_steps`` (see ``tce_ray.weights_actor``),
-``tilt_reports_skipped`` and ``actor_errors``; for every class-drawn run (stochastic TCE,
-rare-class sampling): ``drawn_class_missing``, the share of the images of class-drawn
-batches whose training crop holds no pixel of the drawn class (all workers, this attempt).
+``tilt_reports_skipped`` and ``actor_errors``.
 
 Debug options (TEST-ONLY, ``config["debug"]``, passed as ``debug=`` to
 :func:`build_trainer` / :func:`run_training`): ``nan_at_step: int`` makes the loss of that
@@ -87,7 +83,7 @@ from tce_ray.live_metrics import LiveMetrics
 from tce_ray.losses import build_loss, focal_alpha_from_frequencies, per_class_ce
 from tce_ray.models import deeplabv3plus
 from tce_ray.runspec import RunSpec
-from tce_ray.sampling import ClassIndex, StaticClassWeights, TiltedBatchSampler, rare_class_probabilities
+from tce_ray.sampling import ClassIndex, TiltedBatchSampler
 from tce_ray.tilt import TiltState
 from tce_ray.weights_actor import (
     WeightClient,
@@ -156,13 +152,8 @@ def build_datasets(run: RunSpec):
 
 
 def needs_class_index(run: RunSpec) -> bool:
-    """Stochastic TCE and rare-class sampling draw from D_c; focal's inverse-frequency alpha
-    needs pixel frequencies."""
-    return (
-        run.loss.name == STOCHASTIC
-        or run.sampling.mode == "rare_class"
-        or (run.loss.name == "focal" and run.loss.focal_alpha == "inverse_frequency")
-    )
+    """Stochastic TCE draws from D_c; focal's inverse-frequency alpha needs pixel frequencies."""
+    return run.loss.name == STOCHASTIC or (run.loss.name == "focal" and run.loss.focal_alpha == "inverse_frequency")
 
 
 def make_loss(run: RunSpec, num_classes: int, index: ClassIndex | None = None) -> nn.Module:
@@ -400,17 +391,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             f"the training set has {len(train_ds)} images, fewer than batch_size * num_workers = "
             f"{tr.batch_size * world}; lower train.batch_size or train.num_workers"
         )
-    sp = run.sampling
-    if stochastic or sp.mode == "rare_class":
-        source: Any = client
-        if not stochastic:  # static rare-class sampling (DAFormer): fixed class probabilities
-            source = StaticClassWeights(
-                rare_class_probabilities(index.pixel_frequencies(), sp.temperature, index.drawable(run.loss.min_pixels))
-            )
+    if stochastic:
         sampler = TiltedBatchSampler(
-            index, source, tr.batch_size, num_batches=tr.steps - start_step,
+            index, client, tr.batch_size, num_batches=tr.steps - start_step,
             min_pixels=run.loss.min_pixels, seed=tr.seed, rank=rank,
-            image_power=sp.image_power, class_crop=sp.class_crop,
         )
         sampler.set_epoch(start_step)  # a resumed attempt draws a fresh stream
         batch_sampler: Any = sampler
@@ -441,8 +425,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     attempt_times: list[float] = []
     attempt_cpu_times: list[float] = []  # this process's CPU time per step (all its threads)
     skipped_reports = 0
-    drawn_missing = torch.zeros((), dtype=torch.long)  # on the CPU: read at evaluations only
-    drawn_images = 0
     data_iter = iter(loader)
     t_prev = time.perf_counter()
     cpu_prev = time.process_time()
@@ -451,9 +433,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     while step < tr.steps:
         images, masks = next(data_iter)
         cls = sampler.pop_batch_class() if sampler is not None else None
-        if cls is not None:  # images of a class-drawn batch whose crop holds none of the class
-            drawn_missing += (masks != cls).flatten(1).all(1).sum()
-            drawn_images += masks.shape[0]
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         lr = poly_lr(run.optim.lr, step, tr.steps, run.optim.poly_power)
@@ -521,10 +500,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 attempt_times=attempt_times,
                 start_step=start_step if state else -1,
             )
-            if sampler is not None:  # over all workers, since the start of this attempt
-                drawn = torch.tensor([float(drawn_missing), float(drawn_images)], dtype=torch.float64, device=device)
-                all_reduce_sum(drawn)
-                metrics["drawn_class_missing"] = float(drawn[0] / drawn[1]) if drawn[1] > 0 else float("nan")
             live.set_iou(np.array([metrics[f"iou/{c}"] for c in class_names]))
             weight_state = None
             if client is not None:
