@@ -67,8 +67,13 @@ register_loss(
     params={"focal_gamma": "gamma", "focal_alpha": "alpha"}, needs_class_index=_focal_needs_index,
     prepare=_focal_alpha, doc="Softmax focal loss.",
 )
-register_loss("tce_image", factory="tce_ray.losses:TiltedCrossEntropy", settings=("t",), fixed={"level": "image"},
-              doc="Image-level tilted CE (eq. 2).")
+register_setting(Setting(
+    "tilt_scope", Literal["global", "local"], "global",
+    "Image-level TCE with several workers: tilt over the images of the global batch (eq. 2, gathered across "
+    "workers) or over each worker's own batch (then DDP averages: a different objective).",
+    label="tilt_scope", label_omit=("global",)))
+register_loss("tce_image", factory="tce_ray.losses:TiltedCrossEntropy", settings=("t", "tilt_scope"),
+              fixed={"level": "image"}, doc="Image-level tilted CE (eq. 2).")
 register_loss("tce_class", factory="tce_ray.losses:TiltedCrossEntropy", settings=("t",), fixed={"level": "class"},
               doc="Class-level tilted CE (eq. 3).")
 register_loss(

@@ -18,6 +18,18 @@ Where the project resolves an ambiguity of the paper (see ``shared/SPEC.md``):
 * Image level (eq. 2): ``L_m`` is the mean CE over image m's labelled pixels; the tilt
   runs over the images that have labelled pixels (others are skipped), so ``n`` is the
   number of such images, not ``B``.
+* Image level across data-parallel workers (``tilt_scope``): eq. 2 is not a mean over
+  images, so tilting each worker's local batch and averaging the gradients (DDP) is a
+  different objective (with 2 workers the gradient was 45 % off). ``tilt_scope="global"``
+  (the default) gathers every rank's per-image losses with autograd
+  (:func:`tce_ray.gather.all_gather_rows`) and tilts over the GLOBAL batch; after DDP's
+  gradient average the gradient equals the one-process gradient of eq. 2 over the global
+  batch, and the loss value is the same on every rank. Every rank must then call the loss
+  (and backward) together. ``tilt_scope="local"`` keeps the per-worker form: each rank
+  tilts over its own images, i.e. the run minimises the mean over ranks of the local eq. 2.
+  Outside torch.distributed (or with one rank) both are the same. Class level (eq. 3)
+  and MCCE are means over images/pixels and need no gather (exact with equal local
+  batches).
 * Class level (eq. 3): the paper writes ``1/K``, but ``L_{m,c}`` is undefined for a class
   absent from image m, so per image the tilt runs over the classes PRESENT in it; the
   per-image values are then averaged over the images that have labelled pixels.
@@ -43,6 +55,7 @@ from torch import Tensor, nn
 
 from tce_ray.loss_catalog import STOCHASTIC
 from tce_ray.registry import LossContext, Setting, get_loss, list_losses, register_loss
+from .gather import all_gather_rows, distributed_world_size
 
 __all__ = [
     "LOSS_NAMES",
@@ -156,18 +169,35 @@ class MCCE(nn.Module):
         return f"ignore_index={self.ignore_index}"
 
 
+TILT_SCOPES: tuple[str, ...] = ("global", "local")
+
+
 class TiltedCrossEntropy(nn.Module):
-    """Tilted CE at image level (eq. 2) or class level (eq. 3, over present classes)."""
+    """Tilted CE at image level (eq. 2) or class level (eq. 3, over present classes).
+
+    ``tilt_scope`` (image level only; see the module docstring): ``"global"`` (default)
+    tilts over the images of every data-parallel rank, ``"local"`` over this rank's only.
+    """
 
     def __init__(
-        self, t: float, level: Literal["image", "class"] = "image", ignore_index: int = 255
+        self,
+        t: float,
+        level: Literal["image", "class"] = "image",
+        ignore_index: int = 255,
+        tilt_scope: Literal["global", "local"] = "global",
     ) -> None:
         super().__init__()
         if level not in ("image", "class"):
             raise ValueError(f"level must be 'image' or 'class', got {level!r}")
+        if tilt_scope not in TILT_SCOPES:
+            raise ValueError(
+                f"tilt_scope must be 'global' (eq. 2 over the global batch) or 'local' "
+                f"(each worker's batch), got {tilt_scope!r}"
+            )
         self.t = _check_t(t)
         self.level: Literal["image", "class"] = level
         self.ignore_index = int(ignore_index)
+        self.tilt_scope: Literal["global", "local"] = tilt_scope
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         ce, labelled = _pixel_ce(logits, target, self.ignore_index)
@@ -175,6 +205,8 @@ class TiltedCrossEntropy(nn.Module):
         if self.level == "image":
             counts = labelled.sum(dim=(1, 2))
             per_image = ce.sum(dim=(1, 2)) / counts.clamp(min=1).to(ce.dtype)
+            if self.tilt_scope == "global" and distributed_world_size() > 1:
+                per_image, counts = all_gather_rows(per_image), all_gather_rows(counts)
             return _tilted_rows(per_image.unsqueeze(0), (counts > 0).unsqueeze(0), self.t)[0]
         # class level: per-image, per-class sums via one scatter_add over b*K + class
         cls = torch.where(labelled, target.long(), 0)
@@ -190,7 +222,8 @@ class TiltedCrossEntropy(nn.Module):
         return torch.where(has_pixels, per_image, 0.0).sum() / n_images
 
     def extra_repr(self) -> str:
-        return f"t={self.t}, level={self.level!r}, ignore_index={self.ignore_index}"
+        scope = f", tilt_scope={self.tilt_scope!r}" if self.level == "image" else ""
+        return f"t={self.t}, level={self.level!r}, ignore_index={self.ignore_index}{scope}"
 
 
 class FocalLoss(nn.Module):

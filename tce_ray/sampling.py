@@ -1,4 +1,5 @@
-"""Class-conditional sampling for stochastic TCE (SPEC "Stochastic TCE", steps 1-2).
+"""Class-conditional sampling: stochastic TCE (SPEC "Stochastic TCE", steps 1-2) and
+static rare-class sampling.
 
 :class:`ClassIndex` counts, once per data set, the pixels of every class in every image
 (``D_c`` = the images with at least ``min_pixels`` pixels of class ``c``) and caches the
@@ -6,6 +7,28 @@ counts as Parquet keyed by the data set's fingerprint. :class:`TiltedBatchSample
 torch batch sampler: for every batch it reads the current class weights, draws a class
 ``c`` and then a minibatch from ``D_c``, and records ``c`` so that the training loop can
 report ``(c, batch loss)`` back to the weight state.
+
+Two settings make a drawn class reach the model (the paper's Algorithm 1 is
+``image_power=0, class_crop=False``, the defaults):
+
+* ``image_power`` (float >= 0): the image of ``D_c`` is chosen with probability
+  ``P(m | c) ∝ n_{m,c} ** image_power`` (``n_{m,c}``: pixels of c in image m, from the
+  index). 0 is uniform over ``D_c`` (the paper: "a minibatch from D_c"); 1 is proportional
+  to c's pixels; values in between temper it. With ``image_power > 0`` the batch's images
+  are independent draws from ``P(m | c)`` (an image may appear twice, each copy with its
+  own crop and augmentation), so the distribution is exactly the stated one.
+* ``class_crop`` (bool): the sampler yields ``(image index, class)`` pairs instead of
+  plain indices; :class:`~tce_ray.data.base.SegmentationDataset` passes the class to its
+  transform, which places the training crop so that it contains pixels of that class
+  (``tce_ray.data.transforms``). Plain indices keep the random crop.
+
+Static rare-class sampling (DAFormer's rare class sampling: Hoyer, Dai, Van Gool,
+"DAFormer: Improving Network Architectures and Training Strategies for Domain-Adaptive
+Semantic Segmentation", CVPR 2022, eq. 6): fixed class probabilities
+``p_c ∝ exp((1 - f_c) / T)`` over the drawable classes, ``f_c`` the share of the training
+set's labelled pixels that are class c (:func:`rare_class_probabilities`). Feed them to the
+same :class:`TiltedBatchSampler` through :class:`StaticClassWeights` in place of the
+adaptive weight source; any loss can then train on the batches.
 """
 
 from __future__ import annotations
@@ -13,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -27,7 +51,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import Sampler
 
-__all__ = ["ClassIndex", "TiltedBatchSampler", "count_classes"]
+__all__ = [
+    "ClassIndex",
+    "StaticClassWeights",
+    "TiltedBatchSampler",
+    "check_image_power",
+    "count_classes",
+    "image_probabilities",
+    "rare_class_probabilities",
+]
 
 log = logging.getLogger(__name__)
 
@@ -256,14 +288,107 @@ class ClassIndex:
             raise ValueError(f"{path} is not a readable class index ({err}); delete it to rebuild") from err
 
 
-class TiltedBatchSampler(Sampler[list[int]]):
+def check_image_power(image_power: Any) -> float:
+    """``image_power`` as a float; it must be a finite real number >= 0."""
+    ok = isinstance(image_power, (int, float, np.integer, np.floating)) and not isinstance(image_power, bool)
+    if not ok or not math.isfinite(float(image_power)) or float(image_power) < 0:
+        raise ValueError(
+            f"image_power must be a finite number >= 0 (0: uniform over D_c, the paper; "
+            f"1: proportional to the class's pixels), got {image_power!r}"
+        )
+    return float(image_power)
+
+
+def image_probabilities(pixels: np.ndarray, image_power: float) -> np.ndarray:
+    """``P(m | c) ∝ pixels[m] ** image_power`` over the images of ``D_c`` (float64, sums to 1).
+
+    ``pixels``: the class's pixel counts in the images of ``D_c`` (each > 0).
+    ``image_power = 0`` gives the uniform distribution. Computed in log space, so large
+    powers neither overflow nor lose the smaller images to underflow more than needed.
+    """
+    power = check_image_power(image_power)
+    n = np.asarray(pixels, dtype=np.float64)
+    if n.ndim != 1 or n.size == 0 or not (n > 0).all():
+        raise ValueError(f"pixels must be a non-empty 1-D array of positive counts, got {np.asarray(pixels)!r}")
+    if power == 0.0:
+        return np.full(n.size, 1.0 / n.size)
+    logits = power * np.log(n)
+    with np.errstate(under="ignore"):
+        p = np.exp(logits - logits.max())
+    return p / p.sum()
+
+
+def rare_class_probabilities(
+    frequencies: Sequence[float] | np.ndarray, temperature: float, drawable: Sequence[int] | np.ndarray | None = None
+) -> np.ndarray:
+    """DAFormer's rare-class sampling probabilities: ``p_c ∝ exp((1 - f_c) / T)``.
+
+    ``frequencies`` [K]: each class's share of the training set's labelled pixels
+    (:meth:`ClassIndex.pixel_frequencies`). Only the ``drawable`` classes (default: those
+    with ``f_c > 0``) get mass; the rest get 0. A small ``T`` concentrates the draws on the
+    rarest classes (DAFormer uses T = 0.01 on GTA); ``T -> inf`` is uniform over the
+    drawable classes. Computed as a softmax (log-sum-exp), so any ``T > 0`` is safe.
+    """
+    f = np.asarray(frequencies, dtype=np.float64)
+    if f.ndim != 1 or f.size == 0 or not np.isfinite(f).all() or (f < 0).any() or (f > 1).any():
+        raise ValueError(f"frequencies must be a 1-D array of shares in [0, 1], got {np.asarray(frequencies).tolist()}")
+    ok = isinstance(temperature, (int, float, np.integer, np.floating)) and not isinstance(temperature, bool)
+    if not ok or not math.isfinite(float(temperature)) or float(temperature) <= 0:
+        raise ValueError(f"temperature must be a finite number > 0 (DAFormer: 0.01), got {temperature!r}")
+    k = f.size
+    mask = np.zeros(k, dtype=bool)
+    if drawable is None:
+        mask[f > 0] = True
+    else:
+        ids = np.asarray(drawable, dtype=np.int64).ravel()
+        if ids.size and (ids.min() < 0 or ids.max() >= k):
+            raise ValueError(f"drawable class ids {ids.tolist()} lie outside [0, {k})")
+        mask[ids] = True
+    if not mask.any():
+        raise ValueError("no drawable class: rare-class sampling needs at least one class with pixels")
+    logits = (1.0 - f[mask]) / float(temperature)
+    with np.errstate(under="ignore"):
+        e = np.exp(logits - logits.max())
+    p = np.zeros(k)
+    p[mask] = e / e.sum()
+    return p
+
+
+class StaticClassWeights:
+    """A fixed class-weight source for :class:`TiltedBatchSampler` (e.g. rare-class sampling)."""
+
+    def __init__(self, weights: Sequence[float] | np.ndarray) -> None:
+        w = np.array(weights, dtype=np.float64)
+        if w.ndim != 1 or w.size == 0 or not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+            raise ValueError(f"weights must be a non-empty 1-D array, finite, >= 0, not all 0; got {w.tolist()}")
+        self._weights = w / w.sum()
+        self._weights.flags.writeable = False
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The fixed sampling distribution [K] (sums to 1)."""
+        return self._weights
+
+    def __repr__(self) -> str:
+        return f"StaticClassWeights({np.round(self._weights, 4).tolist()})"
+
+
+class TiltedBatchSampler(Sampler[list]):
     """Batches of ``batch_size`` images that all contain one class drawn from the current weights.
 
-    For every batch: read ``weight_source.weights`` ([K], finite, >= 0; e.g. a TiltState
-    or a WeightClient), zero the classes whose ``D_c`` is empty at ``min_pixels`` (a class
-    with weight > 0 but no image is never drawn; the rest are renormalised), draw a class
-    ``c``, then ``batch_size`` images of ``D_c`` - without replacement when
-    ``|D_c| >= batch_size``, with replacement otherwise.
+    For every batch: read ``weight_source.weights`` ([K], finite, >= 0; e.g. a TiltState,
+    a WeightClient or :class:`StaticClassWeights`), zero the classes whose ``D_c`` is empty
+    at ``min_pixels`` (a class with weight > 0 but no image is never drawn; the rest are
+    renormalised), draw a class ``c``, then ``batch_size`` images of ``D_c``:
+
+    - ``image_power == 0`` (the paper, default): uniformly, without replacement when
+      ``|D_c| >= batch_size``, with replacement otherwise;
+    - ``image_power > 0``: ``batch_size`` independent draws from
+      ``P(m | c) ∝ n_{m,c} ** image_power`` (:func:`image_probabilities`).
+
+    A batch is a list of image indices; with ``class_crop=True`` a list of
+    ``(image index, c)`` pairs, which :class:`~tce_ray.data.base.SegmentationDataset`
+    understands (the crop is then placed on pixels of ``c``).
 
     The class of every yielded batch is queued; the training loop calls
     :meth:`pop_batch_class` once per batch it receives (a DataLoader with the default
@@ -285,6 +410,8 @@ class TiltedBatchSampler(Sampler[list[int]]):
         min_pixels: int = 1,
         seed: int = 0,
         rank: int = 0,
+        image_power: float = 0.0,
+        class_crop: bool = False,
     ) -> None:
         if not isinstance(index, ClassIndex):
             raise TypeError(f"index must be a ClassIndex, got {type(index).__name__}")
@@ -297,8 +424,16 @@ class TiltedBatchSampler(Sampler[list[int]]):
         self.min_pixels = _check_int("min_pixels", min_pixels, 1)
         self.seed = _check_int("seed", seed, 0)
         self.rank = _check_int("rank", rank, 0)
+        self.image_power = check_image_power(image_power)
+        if not isinstance(class_crop, (bool, np.bool_)):
+            raise ValueError(f"class_crop must be true or false, got {class_crop!r}")
+        self.class_crop = bool(class_crop)
         self.epoch = 0
         self._members = [index.images_with(c, self.min_pixels) for c in range(index.num_classes)]
+        self._image_p: list[np.ndarray | None] = [
+            image_probabilities(index.counts[m, c], self.image_power) if m.size and self.image_power > 0 else None
+            for c, m in enumerate(self._members)
+        ]
         self._drawable = np.array([m.size > 0 for m in self._members])
         if not self._drawable.any():
             raise ValueError(f"no class has an image with >= {self.min_pixels} pixels; lower min_pixels")
@@ -337,7 +472,7 @@ class TiltedBatchSampler(Sampler[list[int]]):
             )
         return w / total
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
         self._classes.clear()
         rng = np.random.default_rng([self.seed, self.rank, self.epoch])
         k = self.index.num_classes
@@ -345,7 +480,14 @@ class TiltedBatchSampler(Sampler[list[int]]):
             p = self._probabilities()
             c = int(rng.choice(k, p=p))
             members = self._members[c]
-            batch = rng.choice(members, size=self.batch_size, replace=members.size < self.batch_size)
+            image_p = self._image_p[c]
+            if image_p is None:  # the paper: uniform over D_c (the draw main has always made)
+                batch = rng.choice(members, size=self.batch_size, replace=members.size < self.batch_size)
+            else:
+                batch = rng.choice(members, size=self.batch_size, replace=True, p=image_p)
             self.last_weights = p
             self._classes.append(c)
-            yield batch.tolist()
+            if self.class_crop:
+                yield [(int(i), c) for i in batch]
+            else:
+                yield batch.tolist()

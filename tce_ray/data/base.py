@@ -67,9 +67,31 @@ class SegmentationDataset(Dataset, ABC):
             raise IndexError(f"index {i} out of range for {self.name}/{self.split} with {n} images")
         return i % n
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        i = self._check_index(int(i))
-        return self.transform(self.load_image(i), self.load_mask(i))
+    def _parse_item(self, item: Any) -> tuple[int, int | None]:
+        """An item is an image index, or an ``(index, focus_class)`` pair from a class-drawn
+        batch (``tce_ray.sampling.TiltedBatchSampler(class_crop=True)``)."""
+        if isinstance(item, (tuple, list)):
+            if len(item) != 2:
+                raise TypeError(f"an item is an index or an (index, focus_class) pair, got {item!r}")
+            i, focus = item
+            ok = isinstance(focus, (int, np.integer)) and not isinstance(focus, bool)
+            if not ok or not 0 <= focus < self.num_classes:
+                raise ValueError(
+                    f"focus_class {focus!r} of item {item!r} is not a class id in [0, {self.num_classes})"
+                )
+            return self._check_index(int(i)), int(focus)
+        return self._check_index(int(item)), None
+
+    def _transform(self, image: np.ndarray, mask: np.ndarray, focus: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if focus is None:  # exactly the call (and random stream) of a plain index
+            return self.transform(image, mask)
+        return self.transform(image, mask, focus_class=focus)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformed pair of image ``item``, or of ``item = (index, focus_class)`` with the
+        training crop placed on pixels of ``focus_class`` (see ``tce_ray.data.transforms``)."""
+        i, focus = self._parse_item(item)
+        return self._transform(self.load_image(i), self.load_mask(i), focus)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, K={self.num_classes})"

@@ -333,8 +333,9 @@ class SyntheticStreets(SegmentationDataset):
         cv = self._canvas(i)
         return _render(cv, self._rng(self._check_index(int(i)), 1)), cv.label
 
-    def __getitem__(self, i: int):
-        return self.transform(*self.sample(i))
+    def __getitem__(self, item: int | tuple[int, int]):
+        i, focus = self._parse_item(item)  # an index or (index, focus_class), see the base class
+        return self._transform(*self.sample(i), focus)
 
     def fingerprint(self) -> str:
         payload = {
