@@ -48,6 +48,7 @@ __all__ = [
     "build_loss",
     "focal_alpha_from_frequencies",
     "per_class_ce",
+    "class_ce",
 ]
 
 LOSS_NAMES: tuple[str, ...] = ("mcce", "focal", "tce_image", "tce_class", "tce_stochastic")
@@ -134,18 +135,27 @@ def _tilted_rows(values: Tensor, mask: Tensor, t: float) -> Tensor:
 
 # --------------------------------------------------------------------------- losses
 class MCCE(nn.Module):
-    """Mean cross-entropy over every labelled pixel of the batch (paper eq. 1)."""
+    """Mean cross-entropy over every labelled pixel of the batch (paper eq. 1).
 
-    def __init__(self, ignore_index: int = 255) -> None:
+    ``keep_pixel_ce=True`` keeps the last forward's per-pixel CE, detached, in
+    ``pixel_ce`` ([B,H,W], 0 at ignored pixels): stochastic TCE's class signal is read from
+    it with :func:`class_ce` instead of computing the CE a second time.
+    """
+
+    def __init__(self, ignore_index: int = 255, keep_pixel_ce: bool = False) -> None:
         super().__init__()
         self.ignore_index = int(ignore_index)
+        self.keep_pixel_ce = bool(keep_pixel_ce)
+        self.pixel_ce: Tensor | None = None
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         ce, labelled = _pixel_ce(logits, target, self.ignore_index)
+        if self.keep_pixel_ce:
+            self.pixel_ce = ce.detach()
         return ce.sum() / labelled.sum().clamp(min=1).to(ce.dtype)
 
     def extra_repr(self) -> str:
-        return f"ignore_index={self.ignore_index}"
+        return f"ignore_index={self.ignore_index}" + (", keep_pixel_ce=True" if self.keep_pixel_ce else "")
 
 
 class TiltedCrossEntropy(nn.Module):
@@ -276,11 +286,35 @@ def per_class_ce(
     return sums, counts
 
 
+@torch.no_grad()
+def class_ce(pixel_ce: Tensor, target: Tensor, cls: int) -> Tensor:
+    """``[CE summed over the pixels labelled cls, their count]`` from a per-pixel CE map.
+
+    ``pixel_ce`` [B,H,W] as :class:`MCCE` keeps it (``keep_pixel_ce=True``), ``target``
+    [B,H,W] the labels it was computed with. Equal to ``per_class_ce(logits, target, K)``
+    at ``cls`` (up to float rounding) at the cost of one masked sum, and one tensor, so
+    that the caller syncs once (``.tolist()``). Labels other than ``cls`` are not looked at.
+    """
+    if not isinstance(pixel_ce, Tensor) or not isinstance(target, Tensor):
+        raise TypeError(f"pixel_ce and target must be torch.Tensors, got {type(pixel_ce).__name__} and {type(target).__name__}")
+    if pixel_ce.shape != target.shape or target.dim() != 3:
+        raise ValueError(
+            f"pixel_ce and target must both be [B,H,W] of one shape, got {tuple(pixel_ce.shape)} and "
+            f"{tuple(target.shape)}; pass the MCCE's pixel_ce of the same batch"
+        )
+    if not pixel_ce.is_floating_point() or target.is_floating_point() or target.dtype == torch.bool:
+        raise TypeError(f"pixel_ce must be floating point and target integer, got {pixel_ce.dtype} and {target.dtype}")
+    if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)) or cls < 0:
+        raise ValueError(f"cls must be a non-negative class id, got {cls!r}")
+    selected = target == int(cls)
+    return torch.stack([torch.where(selected, pixel_ce, 0.0).sum(), selected.sum().to(pixel_ce.dtype)])
+
+
 # --------------------------------------------------------------------------- factory
 _Factory = Callable[..., nn.Module]
 _REGISTRY: dict[str, tuple[_Factory, frozenset[str], frozenset[str]]] = {
     # name: (factory, accepted params, required params)
-    "mcce": (MCCE, frozenset({"ignore_index"}), frozenset()),
+    "mcce": (MCCE, frozenset({"ignore_index", "keep_pixel_ce"}), frozenset()),
     "focal": (FocalLoss, frozenset({"alpha", "gamma", "ignore_index"}), frozenset()),
     "tce_image": (
         lambda **p: TiltedCrossEntropy(level="image", **p),
@@ -293,7 +327,7 @@ _REGISTRY: dict[str, tuple[_Factory, frozenset[str], frozenset[str]]] = {
         frozenset({"t"}),
     ),
     # stochastic TCE trains on plain MCCE; its tilt lives in the sampler's TiltState
-    "tce_stochastic": (MCCE, frozenset({"ignore_index"}), frozenset()),
+    "tce_stochastic": (MCCE, frozenset({"ignore_index", "keep_pixel_ce"}), frozenset()),
 }
 assert tuple(_REGISTRY) == LOSS_NAMES
 
@@ -302,7 +336,8 @@ def build_loss(name: str, **params: Any) -> nn.Module:
     """Build a loss by name (one of :data:`LOSS_NAMES`).
 
     Params: ``focal``: alpha, gamma; ``tce_image``/``tce_class``: t (required); all:
-    ignore_index. ``tce_stochastic`` returns :class:`MCCE` (the tilt acts via sampling).
+    ignore_index; ``mcce``/``tce_stochastic``: keep_pixel_ce. ``tce_stochastic`` returns
+    :class:`MCCE` (the tilt acts via sampling).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")
