@@ -80,7 +80,7 @@ from tce_ray.checkpointing import CHECKPOINT_FORMAT, load_training_state, save_t
 from tce_ray.data import build_dataset
 from tce_ray.evaluation import all_reduce_sum, evaluate_confusion, evaluation_metrics, make_val_loader
 from tce_ray.live_metrics import LiveMetrics
-from tce_ray.losses import build_loss, focal_alpha_from_frequencies, per_class_ce
+from tce_ray.losses import build_loss, class_ce, focal_alpha_from_frequencies
 from tce_ray.models import deeplabv3plus
 from tce_ray.runspec import RunSpec
 from tce_ray.sampling import ClassIndex, TiltedBatchSampler
@@ -173,6 +173,8 @@ def make_loss(run: RunSpec, num_classes: int, index: ClassIndex | None = None) -
         return build_loss("focal", alpha=alpha, gamma=spec.focal_gamma)
     if spec.name in ("tce_image", "tce_class"):
         return build_loss(spec.name, t=spec.t)
+    if spec.name == STOCHASTIC and spec.tilt_signal == "class":  # the class signal reads the loss's per-pixel CE
+        return build_loss(spec.name, keep_pixel_ce=True)
     return build_loss(spec.name)
 
 
@@ -444,9 +446,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         loss = loss_fn(logits, masks)
         if debug.nan_at_step == step + 1:
             loss = loss + float("nan")
-        class_ce = None
+        cls_ce = None
         if stochastic and run.loss.tilt_signal == "class":
-            class_ce = per_class_ce(logits.detach(), masks, num_classes)
+            cls_ce = class_ce(loss_fn.pixel_ce, masks, cls)
         optimizer.zero_grad(set_to_none=True)
         amp.backward_step(loss, optimizer)
         loss_value = loss.item()  # the one sync per step
@@ -454,10 +456,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if not math.isfinite(loss_value):
             _fail_non_finite(state_dir, loss_value, step, rank, lr)
         if client is not None:
-            if class_ce is None:
+            if cls_ce is None:
                 signal = loss_value
             else:
-                sums, counts = class_ce[0][cls].item(), int(class_ce[1][cls].item())
+                sums, counts = cls_ce.tolist()
                 signal = sums / counts if counts > 0 else None  # the crop may have cut the class out
             if signal is None:
                 skipped_reports += 1
