@@ -435,7 +435,7 @@ def test_cuda_matches_cpu(loss):
 
 # ----------------------------------------------------------------- class_ce (stochastic TCE's class signal)
 def test_class_ce_from_kept_pixel_ce_matches_reference_and_per_class_ce():
-    from tce_ray.losses import class_ce
+    from tce_ray.losses import _class_ce_torch, class_ce
 
     logits, target = make_batch(16)
     logits.requires_grad_(True)
@@ -452,6 +452,7 @@ def test_class_ce_from_kept_pixel_ce_matches_reference_and_per_class_ce():
     for c in range(5):
         out = class_ce(loss_fn.pixel_ce, target, c)
         assert out.shape == (2,) and not out.requires_grad
+        assert torch.allclose(out, _class_ce_torch(loss_fn.pixel_ce, target, c))  # the accelerators' path
         s, n = out.tolist()
         assert n == ref[c][1] == counts[c].item()
         assert s == pytest.approx(ref[c][0], rel=1e-5, abs=1e-6)
