@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import print_table, write_results
+from benchmarks._common import init_ray, print_table, write_results
 
 SAMPLERS = ("nsga2", "tpe", "random")
 HV_REFERENCE = (0.0, 0.5)
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+    init_ray(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}})
     t_start = time.time()
     studies: list[dict[str, Any]] = []

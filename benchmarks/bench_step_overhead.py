@@ -43,7 +43,7 @@ import ray
 import torch
 from torch.utils.data import DistributedSampler
 
-from benchmarks._common import print_table, write_results
+from benchmarks._common import init_ray, print_table, write_results
 from tce_ray.data import build_dataset
 from tce_ray.losses import per_class_ce
 from tce_ray.runspec import RunSpec
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     torch.set_num_threads(1)
     random.seed(0)
-    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+    init_ray(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}})
     t0 = time.time()
     try:
