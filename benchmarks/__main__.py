@@ -22,8 +22,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "confusion": ("benchmarks.bench_confusion", "confusion matrix, 19 classes, 2x1024x2048: >= 1.5x the masked bincount"),
     "loader": ("benchmarks.bench_loader", "loader images/s with 2 processes: >= 3x the training step rate"),
     "actor": ("benchmarks.bench_actor", "class-weight actor, 8 reporters: >= 10,000 reports/s batched"),
-    "step_overhead": ("benchmarks.bench_step_overhead", "stochastic-TCE step / MCCE step, 2 workers: <= 1.03"),
+    "step_overhead": ("benchmarks.bench_step_overhead", "stochastic-TCE step / MCCE step, 2 workers, interleaved rounds: <= 1.01"),
     "train_throughput": ("benchmarks.bench_train_throughput", "images/s of a real Ray Train run (CPU; --gpu on a GPU)"),
+    "trial_startup": ("benchmarks.bench_trial_startup", "a smoke trial's phases: fixed per-trial cost against its steps"),
+    "search": ("benchmarks.bench_search", "NSGA-II / TPE / random: hypervolume of (worst IoU, IoU std) vs trials (~1 h; --quick: minutes)"),
 }
 
 
