@@ -469,24 +469,31 @@ class WeightClient:
     def _reap(self, timeout: float) -> None:
         """Collect finished calls: adopt the newest weights, requeue reports the actor lost.
 
-        ``timeout=0`` never waits (a check of each reply's future); otherwise waits up to
-        ``timeout`` seconds for every outstanding reply."""
+        ``timeout=0`` never waits: a check of each reply's future (~1 µs) and, only for a
+        reply issued at an earlier step whose future is not completed yet, ``ray.wait(timeout=0)``
+        on it (Ray's callback that completes the future can lag behind the reply's arrival:
+        a late reply is picked up as soon as ``ray.wait`` would have seen it). Otherwise waits
+        up to ``timeout`` seconds for every outstanding reply."""
         if not self._inflight:
             return
         if timeout > 0:
             wait_futures([f for f, _, _, _ in self._inflight], timeout=timeout)
-        if not any(f.done() for f, _, _, _ in self._inflight):
+        landed: set = set()
+        oldest, _, _, issued0 = self._inflight[0]
+        if not oldest.done() and issued0 < self._step:
+            landed = set(ray.wait([oldest.object_ref], timeout=0)[0])
+        if not landed and not any(f.done() for f, _, _, _ in self._inflight):
             return
         keep: deque = deque()
         requeue_c: list[int] = []
         requeue_l: list[float] = []
         for item in self._inflight:
             reply, classes, losses, issued = item
-            if not reply.done():
+            if not reply.done() and reply.object_ref not in landed:
                 keep.append(item)
                 continue
             try:
-                w, v = reply.result()
+                w, v = reply.result() if reply.done() else ray.get(reply.object_ref)
             except RayActorError as e:  # died or restarting: the call was not applied (no retries)
                 self.actor_errors += 1
                 self.reports_requeued += len(classes)
