@@ -23,9 +23,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "loader": ("benchmarks.bench_loader", "loader images/s with 2 processes: >= 3x the training step rate"),
     "verify": ("benchmarks.bench_verify", "full decode + label check of CamVid train+val, 1/2/4 threads; cached re-check"),
     "actor": ("benchmarks.bench_actor", "class-weight actor, 8 reporters: >= 10,000 reports/s batched"),
-    "step_overhead": ("benchmarks.bench_step_overhead", "stochastic-TCE step / MCCE step, 2 workers: <= 1.03"),
+    "step_overhead": ("benchmarks.bench_step_overhead", "stochastic-TCE step / MCCE step, 2 workers, interleaved rounds: <= 1.01"),
     "train_throughput": ("benchmarks.bench_train_throughput", "images/s of a real Ray Train run (CPU; --gpu on a GPU)"),
     "pixel_share": ("benchmarks.bench_pixel_share", "share of each class's pixels in the training crops per sampling setting"),
+    "trial_startup": ("benchmarks.bench_trial_startup", "a smoke trial's phases: fixed per-trial cost against its steps"),
+    "search": ("benchmarks.bench_search", "NSGA-II / TPE / random: hypervolume of (worst IoU, IoU std) vs trials (~1 h; --quick: minutes)"),
 }
 
 

@@ -71,3 +71,22 @@ def time_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]
 def median(xs: Sequence[float]) -> float:
     """Median of a non-empty sequence."""
     return float(statistics.median(xs))
+
+
+def init_ray(attempts: int = 4, **kwargs: Any) -> None:
+    """``ray.init(address="local", **kwargs)``, tried again when the local node times out
+    while starting (Ray waits 30 s for its raylet: on an overloaded shared machine it can
+    take longer)."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", **kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            print(f"ray.init: the local node timed out while starting (attempt {attempt}/{attempts}); trying again",
+                  file=sys.stderr, flush=True)
+            ray.shutdown()
+            time.sleep(10)

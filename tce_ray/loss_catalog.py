@@ -76,9 +76,15 @@ register_loss("tce_image", factory="tce_ray.losses:TiltedCrossEntropy", settings
               fixed={"level": "image"}, doc="Image-level tilted CE (eq. 2).")
 register_loss("tce_class", factory="tce_ray.losses:TiltedCrossEntropy", settings=("t",), fixed={"level": "class"},
               doc="Class-level tilted CE (eq. 3).")
+def _keep_pixel_ce(keywords: dict[str, Any], context: LossContext) -> dict[str, Any]:
+    """The class tilt signal reads the MCCE's per-pixel CE of the step (no second CE pass)."""
+    return {"keep_pixel_ce": keywords["tilt_signal"] == "class"}
+
+
 register_loss(
     STOCHASTIC, factory="tce_ray.losses:MCCE", settings=("t", "gamma", "tilt_signal", "weight_floor", "min_pixels"),
-    params={}, needs_weight_actor=True, doc="Stochastic TCE: MCCE on batches drawn by the tilted class weights.",
+    params={"tilt_signal": "tilt_signal"}, prepare=_keep_pixel_ce, needs_weight_actor=True,
+    doc="Stochastic TCE: MCCE on batches drawn by the tilted class weights.",
 )
 
 # --------------------------------------------------------------------------- baselines

@@ -80,7 +80,7 @@ from tce_ray.checkpointing import CHECKPOINT_FORMAT, load_training_state, save_t
 from tce_ray.data import build_dataset
 from tce_ray.evaluation import all_reduce_sum, evaluate_confusion, evaluation_metrics, make_val_loader
 from tce_ray.live_metrics import LiveMetrics
-from tce_ray.losses import per_class_ce
+from tce_ray.losses import class_ce
 from tce_ray.models import deeplabv3plus
 from tce_ray.runspec import RunSpec
 from tce_ray.sampling import ClassIndex, TiltedBatchSampler
@@ -339,18 +339,19 @@ class TiltFeedback:
         """The class the next batch was drawn for."""
         return self.sampler.pop_batch_class()
 
-    def class_ce(self, logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per-class CE sums and counts for ``tilt_signal="class"`` (None for the batch signal)."""
+    def class_ce(self, loss_fn: nn.Module, masks: torch.Tensor, cls: int) -> torch.Tensor | None:
+        """``[CE sum, pixels]`` of class ``cls`` for ``tilt_signal="class"`` (None for the batch
+        signal), from the per-pixel CE the MCCE kept (``keep_pixel_ce``): no second pass."""
         if self.run.loss.tilt_signal != "class":
             return None
-        return per_class_ce(logits.detach(), masks, len(self.class_names))
+        return class_ce(loss_fn.pixel_ce, masks, cls)
 
-    def after_step(self, cls: int, loss_value: float, class_ce: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    def after_step(self, cls: int, loss_value: float, cls_ce: torch.Tensor | None) -> None:
         """Report the step's signal for ``cls`` (skipped when the class has no pixel left)."""
-        if class_ce is None:
+        if cls_ce is None:
             signal: float | None = loss_value
         else:
-            sums, counts = class_ce[0][cls].item(), int(class_ce[1][cls].item())
+            sums, counts = cls_ce.tolist()  # one sync
             signal = sums / counts if counts > 0 else None  # the crop may have cut the class out
         if signal is None:
             self.skipped_reports += 1
@@ -628,14 +629,14 @@ def train_step(w: Worker, images: torch.Tensor, masks: torch.Tensor, step: int) 
         logits = w.model(images)
     logits = logits.float()
     loss = w.hooks.loss(w.loss_fn(logits, masks), step + 1)
-    class_ce = w.tilt.class_ce(logits, masks) if w.tilt is not None else None
+    cls_ce = w.tilt.class_ce(w.loss_fn, masks, cls) if w.tilt is not None else None
     w.optimizer.zero_grad(set_to_none=True)
     w.amp.backward_step(loss, w.optimizer)
     loss_value = loss.item()  # the one sync per step
     if not math.isfinite(loss_value):
         _fail_non_finite(w.state_dir, loss_value, step + 1, w.rank, lr)
     if w.tilt is not None:
-        w.tilt.after_step(cls, loss_value, class_ce)
+        w.tilt.after_step(cls, loss_value, cls_ce)
     return loss_value, lr
 
 

@@ -438,3 +438,52 @@ def test_cuda_matches_cpu(loss):
         assert dev(lg.half(), target.cuda()).dtype == torch.float32
     sums, counts = per_class_ce(lg, target.cuda(), 5)
     assert sums.device.type == "cuda" and counts.dtype == torch.int64
+
+
+# ----------------------------------------------------------------- class_ce (stochastic TCE's class signal)
+def test_class_ce_from_kept_pixel_ce_matches_reference_and_per_class_ce():
+    from tce_ray.losses import _class_ce_torch, class_ce
+
+    logits, target = make_batch(16)
+    logits.requires_grad_(True)
+    loss_fn = build_loss("tce_stochastic", keep_pixel_ce=True)
+    loss = loss_fn(logits, target)
+    assert loss_fn.pixel_ce is not None and not loss_fn.pixel_ce.requires_grad
+    loss.backward()  # the kept map does not hold the graph
+    ref = {c: [0.0, 0] for c in range(5)}
+    for pix in ref_pixel_ce(logits, target):  # float64 loop reference
+        for c, ce in pix:
+            ref[c][0] += ce
+            ref[c][1] += 1
+    sums, counts = per_class_ce(logits, target, 5)
+    for c in range(5):
+        out = class_ce(loss_fn.pixel_ce, target, c)
+        assert out.shape == (2,) and not out.requires_grad
+        assert torch.allclose(out, _class_ce_torch(loss_fn.pixel_ce, target, c))  # the accelerators' path
+        s, n = out.tolist()
+        assert n == ref[c][1] == counts[c].item()
+        assert s == pytest.approx(ref[c][0], rel=1e-5, abs=1e-6)
+        assert s == pytest.approx(sums[c].item(), rel=1e-5, abs=1e-6)
+
+
+def test_class_ce_absent_class_default_mcce_and_bad_input():
+    from tce_ray.losses import class_ce
+
+    logits, target = make_batch(17)
+    target[target == 3] = IGN
+    plain = build_loss("mcce")
+    plain(logits, target)
+    assert plain.pixel_ce is None  # kept only when asked for
+    keep = build_loss("mcce", keep_pixel_ce=True)
+    assert torch.equal(keep(logits, target), plain(logits, target))
+    assert class_ce(keep.pixel_ce, target, 3).tolist() == [0.0, 0.0]  # absent: zero sum, zero count
+    with pytest.raises(ValueError, match="cls must be"):
+        class_ce(keep.pixel_ce, target, -1)
+    with pytest.raises(ValueError, match="cls must be"):
+        class_ce(keep.pixel_ce, target, True)
+    with pytest.raises(ValueError, match="one shape"):
+        class_ce(keep.pixel_ce, target[:, :-1], 0)
+    with pytest.raises(TypeError, match="target integer"):
+        class_ce(keep.pixel_ce, target.float(), 0)
+    with pytest.raises(TypeError, match="unknown parameter"):
+        build_loss("focal", keep_pixel_ce=True)

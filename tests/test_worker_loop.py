@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 import tce_ray.worker_loop as wl
+from tce_ray.losses import MCCE
 from tce_ray.runspec import RunSpec
 from tce_ray.worker_loop import (
     FATAL_MARKER,
@@ -189,7 +190,7 @@ def test_batch_signal_reports_the_batch_loss_for_the_drawn_class(monkeypatch):
     fake_time(monkeypatch, monotonic=scripted([10.0, 10.0, 10.5, 11.2, 11.2]))
     fb, client, live = feedback("batch")
     assert fb.batch_class() == 2
-    assert fb.class_ce(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.int64)) is None
+    assert fb.class_ce(MCCE(), torch.zeros(1, 2, 2, dtype=torch.int64), 2) is None
     fb.after_step(2, 0.75, None)
     fb.after_step(1, 0.5, None)  # 0.5 s later: the gauges are not refreshed
     fb.after_step(1, 0.25, None)  # 1.2 s after the first: refreshed
@@ -203,12 +204,14 @@ def test_class_signal_is_the_ce_over_the_drawn_class_and_skipped_without_its_pix
     logits = torch.zeros(1, 3, 1, 3)
     logits[0, 0, 0, 0] = 2.0
     masks = torch.tensor([[[0, 0, 1]]])
-    sums, counts = fb.class_ce(logits, masks)
+    loss_fn = MCCE(keep_pixel_ce=True)
+    loss_fn(logits, masks)  # the step's forward keeps the per-pixel CE the signal reads
     u, e2 = np.log(3.0), np.log(2.0 + np.exp(2.0)) - 2.0  # CE of a uniform pixel; of the confident one
-    assert counts.tolist() == [2, 1, 0]
-    assert sums[0].item() == pytest.approx(u + e2, rel=1e-6) and sums[1].item() == pytest.approx(u, rel=1e-6)
-    fb.after_step(0, 9.0, (sums, counts))
-    fb.after_step(2, 9.0, (sums, counts))  # class 2 has no pixel in the crop: nothing to report
+    c0, c1, c2 = (fb.class_ce(loss_fn, masks, c) for c in range(3))
+    assert [c0[1].item(), c1[1].item(), c2[1].item()] == [2, 1, 0]
+    assert c0[0].item() == pytest.approx(u + e2, rel=1e-6) and c1[0].item() == pytest.approx(u, rel=1e-6)
+    fb.after_step(0, 9.0, c0)
+    fb.after_step(2, 9.0, c2)  # class 2 has no pixel in the crop: nothing to report
     assert client.reports == [(0, pytest.approx((u + e2) / 2, rel=1e-6))]
     assert fb.skipped_reports == 1 and client.steps == 2
     assert live.weights == []  # rank 1 does not set the class-weight gauges
