@@ -24,12 +24,15 @@ creates the run's :data:`~tce_ray.weights_actor.ClassWeightActor`, builds a
   into the actor before anything trains (then a barrier), and the run continues to exactly
   ``run.train.steps``.
 - a non-finite loss raises :class:`NonFiniteLossError` naming the step; it also leaves a
-  marker file in the run's state directory so that the restarts Ray Train makes
+  marker file in the run's state folder so that the restarts Ray Train makes
   (``max_failures``; Ray Train V2 offers no hook to mark an error as not retryable) fail at
   once instead of training again.
 
-The run's state directory (:func:`run_state_dir`: weight snapshot, worker pid files, the
-non-finite-loss marker) must be on a disk every node sees; on one machine it always is.
+The run's state folder (:func:`run_state_dir`: weight snapshot, worker pid files, the
+non-finite-loss marker) and the class-index cache (:func:`class_index_cache_dir`) live on
+the run's storage, next to its checkpoints (a local folder or a URI such as ``s3://...``,
+read and written through :class:`~tce_ray.run_state.RunState`), so a process restarted on
+another node finds them; nothing a run needs after a failure is on one node's disk.
 How stale the sampled weights may be is documented in ``tce_ray.weights_actor`` and
 measured in the ``weights_age_steps_max`` / ``weights_lag_bound_steps`` metrics.
 
@@ -54,7 +57,6 @@ so that a fault-injection test can kill a worker at a known point.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -64,7 +66,6 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -82,6 +83,7 @@ from tce_ray.evaluation import all_reduce_sum, evaluate_confusion, evaluation_me
 from tce_ray.live_metrics import LiveMetrics
 from tce_ray.losses import build_loss, focal_alpha_from_frequencies, per_class_ce
 from tce_ray.models import deeplabv3plus
+from tce_ray.run_state import RunState, cached_class_index, storage_join
 from tce_ray.runspec import RunSpec
 from tce_ray.sampling import ClassIndex, TiltedBatchSampler
 from tce_ray.tilt import TiltState
@@ -101,6 +103,8 @@ CHECKPOINTS_TO_KEEP = 3
 CONTROLLER_FAILURE_LIMIT = 3
 FATAL_MARKER = "FATAL_NONFINITE_LOSS.json"
 WEIGHT_SNAPSHOT = "class_weights.json"
+STATE_FOLDER = "tce_state"
+CACHE_FOLDER = ".class_index_cache"
 PREFETCH_FACTOR = 2
 
 
@@ -109,30 +113,32 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- paths
-def run_state_dir(storage_path: str, name: str) -> Path:
-    """The run's local directory for its weight snapshot, worker pid files and fatal marker.
-
-    ``<storage_path>/<name>/tce_state`` for a local ``storage_path``; for a URI (``s3://``...)
-    a folder under the system's temp directory (those files must be on a local disk).
-    """
-    if "://" in storage_path:
-        return Path(tempfile.gettempdir()) / "tce_ray_state" / name
-    return Path(storage_path) / name / "tce_state"
+def run_state_dir(storage_path: str, name: str) -> str:
+    """Location of the run's state files (weight snapshot, worker pid files, fatal marker):
+    ``<storage_path>/<name>/tce_state``, a local path or a URI on the run's storage (open it
+    with :class:`~tce_ray.run_state.RunState`)."""
+    return storage_join(storage_path, name, STATE_FOLDER)
 
 
-def class_index_cache_dir(storage_path: str) -> Path:
-    """Where class indices are cached (shared by the runs of one storage path)."""
+def class_index_cache_dir(storage_path: str) -> str:
+    """Where class indices are cached, shared by the runs of one storage path:
+    ``$TCE_CACHE_DIR`` if set, else ``<storage_path>/.class_index_cache`` (a local path or a URI)."""
     env = os.environ.get("TCE_CACHE_DIR")
     if env:
-        return Path(env)
-    if "://" in storage_path:
-        return Path(tempfile.gettempdir()) / "tce_ray_cache"
-    return Path(storage_path) / ".class_index_cache"
+        return env
+    return storage_join(storage_path, CACHE_FOLDER)
 
 
-def worker_pid_file(state_dir: str | os.PathLike, rank: int) -> Path:
-    """File holding the pid of the current attempt's worker ``rank`` (for fault-injection tests)."""
-    return Path(state_dir) / "pids" / f"rank{rank}.pid"
+def worker_pid_key(rank: int) -> str:
+    """Key (in the run's state) of the file naming the current attempt's worker ``rank``:
+    JSON ``{"pid", "node_id", "time"}`` (for fault-injection tests)."""
+    return f"pids/rank{int(rank)}.pid"
+
+
+def read_worker_pid(state_dir: str | RunState, rank: int) -> dict[str, Any] | None:
+    """``{"pid", "node_id", "time"}`` of worker ``rank``'s current attempt, None before it started."""
+    files = state_dir if isinstance(state_dir, RunState) else RunState(state_dir)
+    return files.read_json(worker_pid_key(rank))
 
 
 # ----------------------------------------------------------------------------- builders
@@ -263,36 +269,35 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _raise_if_marked_fatal(state_dir: Path) -> None:
-    marker = state_dir / FATAL_MARKER
-    if marker.exists():
+def _raise_if_marked_fatal(files: RunState) -> None:
+    if files.exists(FATAL_MARKER):
         try:
-            message = json.loads(marker.read_text())["message"]
-        except (OSError, ValueError, KeyError):
-            message = f"non-finite loss (see {marker})"
+            message = files.read_json(FATAL_MARKER)["message"]
+        except (OSError, ValueError, KeyError, TypeError):
+            message = f"non-finite loss (see {files.uri(FATAL_MARKER)})"
         raise NonFiniteLossError(f"{message} [not retried: an earlier attempt of this run hit it]")
 
 
-def _fail_non_finite(state_dir: Path, value: float, step: int, rank: int, lr: float) -> None:
+def _fail_non_finite(files: RunState, value: float, step: int, rank: int, lr: float) -> None:
     message = (
         f"non-finite loss ({value}) at step {step} on worker rank {rank} (lr {lr:.3g}); "
         "the run diverged: lower optim.lr, enable gradient-friendly settings (e.g. a smaller t for TCE), "
         "or check the data for broken labels"
     )
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".{FATAL_MARKER}.{rank}.tmp"
-    tmp.write_text(json.dumps({"message": message, "step": step, "rank": rank}))
-    os.replace(tmp, state_dir / FATAL_MARKER)
+    try:  # the marker stops Ray Train's retries; the error below is raised either way
+        files.write_json(FATAL_MARKER, {"message": message, "step": step, "rank": rank})
+    except OSError as e:
+        logger.error("could not leave the non-finite-loss marker (%s); Ray Train may retry this run", e)
     raise NonFiniteLossError(message)
 
 
 def _class_index(train_ds, cache_dir: str | None, rank: int) -> ClassIndex:
     """Rank 0 builds (or reads) the cached index first; the others then read its cache."""
     if rank == 0 or cache_dir is None:
-        index = ClassIndex.build(train_ds, cache_dir=cache_dir)
+        index = cached_class_index(train_ds, cache_dir) if cache_dir is not None else ClassIndex.build(train_ds)
     _barrier()
     if rank != 0 and cache_dir is not None:
-        index = ClassIndex.build(train_ds, cache_dir=cache_dir)
+        index = cached_class_index(train_ds, cache_dir)
     return index
 
 
@@ -329,7 +334,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train one run on this worker (see the module docstring); returns a small summary."""
     run = RunSpec.model_validate(config["run"])
     run_name: str = config["run_name"]
-    state_dir = Path(config["state_dir"])
+    files = RunState(config["state_dir"])  # the run's state files, on its storage
     cache_dir = config.get("cache_dir")
     debug = _Debug.parse(config.get("debug"))
     ctx = ray.train.get_context()
@@ -337,10 +342,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     stochastic = run.loss.name == STOCHASTIC
     tr = run.train
 
-    _raise_if_marked_fatal(state_dir)
-    pid_file = worker_pid_file(state_dir, rank)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(str(os.getpid()))
+    _raise_if_marked_fatal(files)
+    files.write_json(
+        worker_pid_key(rank),
+        {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "time": time.time()},
+    )
     torch.set_num_threads(max(1, int(tr.cpus_per_worker)))
     device = ray.train.torch.get_device()
     use_cuda = device.type == "cuda"
@@ -452,7 +458,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         loss_value = loss.item()  # the one sync per step
         step += 1
         if not math.isfinite(loss_value):
-            _fail_non_finite(state_dir, loss_value, step, rank, lr)
+            _fail_non_finite(files, loss_value, step, rank, lr)
         if client is not None:
             if class_ce is None:
                 signal = loss_value
@@ -646,8 +652,8 @@ def trainer_config(
 ) -> dict[str, Any]:
     """The ``train_loop_config`` of run ``name``: ``{"run", "run_name", "state_dir", "cache_dir", "debug"}``.
 
-    Creates the run's state directory and clears a non-finite-loss marker left by an
-    earlier run of the same name. ``debug`` is TEST-ONLY (see the module docstring).
+    Clears a non-finite-loss marker left by an earlier run of the same name in the run's
+    state folder (on its storage). ``debug`` is TEST-ONLY (see the module docstring).
     """
     if not isinstance(run, RunSpec):
         raise TypeError(f"run must be a RunSpec, got {type(run).__name__}")
@@ -656,13 +662,12 @@ def trainer_config(
     _Debug.parse(debug)
     storage_path = _normalise_storage(storage_path)
     state_dir = run_state_dir(storage_path, name)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / FATAL_MARKER).unlink(missing_ok=True)
+    RunState(state_dir).delete(FATAL_MARKER)
     return {
         "run": run.model_dump(mode="json"),
         "run_name": name,
-        "state_dir": str(state_dir),
-        "cache_dir": str(class_index_cache_dir(storage_path)),
+        "state_dir": state_dir,
+        "cache_dir": class_index_cache_dir(storage_path),
         "debug": dict(debug or {}),
     }
 
@@ -705,17 +710,20 @@ def build_trainer(
 def start_weight_actor(run: RunSpec, *, name: str, storage_path: str) -> "ray.actor.ActorHandle":
     """Create run ``name``'s class-weight actor (stochastic TCE), drawable classes from the class index.
 
-    A snapshot left by an earlier run of the same name is deleted first unless the actor is
-    alive (a checkpoint restore re-loads the checkpointed state anyway).
+    Its snapshot goes to the run's state folder on the run's storage, where an actor
+    restarted on another node reads it. A snapshot left by an earlier run of the same name
+    is deleted first unless the actor is alive (a checkpoint restore re-loads the
+    checkpointed state anyway).
     """
     storage_path = _normalise_storage(storage_path)
     train_ds, _ = build_datasets(run)
-    index = ClassIndex.build(train_ds, cache_dir=class_index_cache_dir(storage_path))
-    snapshot = run_state_dir(storage_path, name) / WEIGHT_SNAPSHOT
+    index = cached_class_index(train_ds, class_index_cache_dir(storage_path))
+    state_dir = run_state_dir(storage_path, name)
+    snapshot = storage_join(state_dir, WEIGHT_SNAPSHOT)
     try:
         ray.get_actor(actor_name(name))
     except ValueError:
-        snapshot.unlink(missing_ok=True)
+        RunState(state_dir).delete(WEIGHT_SNAPSHOT)
     return create_weight_actor(
         name,
         num_classes=train_ds.num_classes,
