@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "confusion": ("benchmarks.bench_confusion", "confusion matrix, 19 classes, 2x1024x2048: >= 1.5x the masked bincount"),
     "loader": ("benchmarks.bench_loader", "loader images/s with 2 processes: >= 3x the training step rate"),
     "actor": ("benchmarks.bench_actor", "class-weight actor, 8 reporters: >= 10,000 reports/s batched"),
+    "actor_scale": ("benchmarks.bench_actor_scale", "one class-weight actor vs 16/64/256 simulated workers: round trip, staleness, capacity"),
     "step_overhead": ("benchmarks.bench_step_overhead", "stochastic-TCE step / MCCE step, 2 workers: <= 1.03"),
     "train_throughput": ("benchmarks.bench_train_throughput", "images/s of a real Ray Train run (CPU; --gpu on a GPU)"),
 }
