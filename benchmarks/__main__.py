@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "loader": ("benchmarks.bench_loader", "loader images/s with 2 processes: >= 3x the training step rate"),
     "verify": ("benchmarks.bench_verify", "full decode + label check of CamVid train+val, 1/2/4 threads; cached re-check"),
     "actor": ("benchmarks.bench_actor", "class-weight actor, 8 reporters: >= 10,000 reports/s batched"),
+    "actor_scale": ("benchmarks.bench_actor_scale", "one class-weight actor vs 16/64/256 simulated workers: round trip, staleness, capacity"),
     "step_overhead": ("benchmarks.bench_step_overhead", "stochastic-TCE step / MCCE step, 2 workers, interleaved rounds: <= 1.01"),
     "train_throughput": ("benchmarks.bench_train_throughput", "images/s of a real Ray Train run (CPU; --gpu on a GPU)"),
     "pixel_share": ("benchmarks.bench_pixel_share", "share of each class's pixels in the training crops per sampling setting"),

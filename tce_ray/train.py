@@ -6,8 +6,11 @@ creates the run's :data:`~tce_ray.weights_actor.ClassWeightActor`, builds a
 :func:`tce_ray.worker_loop.train_loop_per_worker` (data, model, the steps, evaluation,
 checkpoints, restore, and the metrics it reports: see ``tce_ray.worker_loop``).
 
-The run's state directory (:func:`run_state_dir`: weight snapshot, worker pid files, the
-non-finite-loss marker) must be on a disk every node sees; on one machine it always is.
+The run's state folder (:func:`run_state_dir`: weight snapshot, worker pid files, the
+non-finite-loss marker) and the class-index cache (:func:`class_index_cache_dir`) live on
+the run's storage, next to its checkpoints (a local folder or a URI such as ``s3://...``,
+read and written through :class:`~tce_ray.run_state.RunState`), so a process restarted on
+another node finds them; nothing a run needs after a failure is on one node's disk.
 
 Debug options (TEST-ONLY, ``config["debug"]``, passed as ``debug=`` to
 :func:`build_trainer` / :func:`run_training`): ``nan_at_step``, ``step_sleep_s``,
@@ -17,8 +20,6 @@ Debug options (TEST-ONLY, ``config["debug"]``, passed as ``debug=`` to
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import ray
@@ -27,36 +28,40 @@ import ray.train.torch
 from tce_ray.losses import STOCHASTIC, make_loss, needs_class_index, needs_weight_actor  # noqa: F401 - the worker loop's names
 from tce_ray.ray_env import shipped_plugins
 from tce_ray.registry import install_snapshot
+from tce_ray.run_state import RunState, cached_class_index, storage_join
 from tce_ray.runspec import RunSpec
-from tce_ray.sampling import ClassIndex
 from tce_ray.weights_actor import actor_name, create_weight_actor
-from tce_ray.worker_loop import FATAL_MARKER, build_datasets, check_debug_options, train_loop_per_worker
+from tce_ray.worker_loop import (  # noqa: F401 - read_worker_pid: for the fault-injection tests
+    FATAL_MARKER,
+    build_datasets,
+    check_debug_options,
+    read_worker_pid,
+    train_loop_per_worker,
+)
 
 CHECKPOINTS_TO_KEEP = 3
 CONTROLLER_FAILURE_LIMIT = 3
 WEIGHT_SNAPSHOT = "class_weights.json"
+STATE_FOLDER = "tce_state"
+CACHE_FOLDER = ".class_index_cache"
 
 
 # ----------------------------------------------------------------------------- paths
-def run_state_dir(storage_path: str, name: str) -> Path:
-    """The run's local directory for its weight snapshot, worker pid files and fatal marker.
-
-    ``<storage_path>/<name>/tce_state`` for a local ``storage_path``; for a URI (``s3://``...)
-    a folder under the system's temp directory (those files must be on a local disk).
-    """
-    if "://" in storage_path:
-        return Path(tempfile.gettempdir()) / "tce_ray_state" / name
-    return Path(storage_path) / name / "tce_state"
+def run_state_dir(storage_path: str, name: str) -> str:
+    """Location of the run's state files (weight snapshot, worker pid files, fatal marker):
+    ``<storage_path>/<name>/tce_state``, a local path or a URI on the run's storage (open it
+    with :class:`~tce_ray.run_state.RunState`), so that a process restarted on another node
+    finds them."""
+    return storage_join(storage_path, name, STATE_FOLDER)
 
 
-def class_index_cache_dir(storage_path: str) -> Path:
-    """Where class indices are cached (shared by the runs of one storage path)."""
+def class_index_cache_dir(storage_path: str) -> str:
+    """Where class indices are cached, shared by the runs of one storage path:
+    ``$TCE_CACHE_DIR`` if set, else ``<storage_path>/.class_index_cache`` (a local path or a URI)."""
     env = os.environ.get("TCE_CACHE_DIR")
     if env:
-        return Path(env)
-    if "://" in storage_path:
-        return Path(tempfile.gettempdir()) / "tce_ray_cache"
-    return Path(storage_path) / ".class_index_cache"
+        return env
+    return storage_join(storage_path, CACHE_FOLDER)
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -72,8 +77,8 @@ def trainer_config(
     "debug", "plugins"}`` (``run``: the RunSpec's JSON dump; ``plugins``: the registry
     entries from outside the package, installed on each worker before the run is validated).
 
-    Creates the run's state directory and clears a non-finite-loss marker left by an
-    earlier run of the same name. ``debug`` is TEST-ONLY (see the module docstring).
+    Clears a non-finite-loss marker left by an earlier run of the same name in the run's
+    state folder (on its storage). ``debug`` is TEST-ONLY (see the module docstring).
     """
     if not isinstance(run, RunSpec):
         raise TypeError(f"run must be a RunSpec, got {type(run).__name__}")
@@ -82,13 +87,12 @@ def trainer_config(
     check_debug_options(debug)
     storage_path = _normalise_storage(storage_path)
     state_dir = run_state_dir(storage_path, name)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / FATAL_MARKER).unlink(missing_ok=True)
+    RunState(state_dir).delete(FATAL_MARKER)
     return {
         "run": run.model_dump(mode="json"),
         "run_name": name,
-        "state_dir": str(state_dir),
-        "cache_dir": str(class_index_cache_dir(storage_path)),
+        "state_dir": state_dir,
+        "cache_dir": class_index_cache_dir(storage_path),
         "debug": dict(debug or {}),
         "plugins": shipped_plugins(),
     }
@@ -138,17 +142,20 @@ def build_trainer(
 def start_weight_actor(run: RunSpec, *, name: str, storage_path: str) -> "ray.actor.ActorHandle":
     """Create run ``name``'s class-weight actor (stochastic TCE), drawable classes from the class index.
 
-    A snapshot left by an earlier run of the same name is deleted first unless the actor is
-    alive (a checkpoint restore re-loads the checkpointed state anyway).
+    Its snapshot goes to the run's state folder on the run's storage, where an actor
+    restarted on another node reads it. A snapshot left by an earlier run of the same name
+    is deleted first unless the actor is alive (a checkpoint restore re-loads the
+    checkpointed state anyway).
     """
     storage_path = _normalise_storage(storage_path)
     train_ds, _ = build_datasets(run)
-    index = ClassIndex.build(train_ds, cache_dir=class_index_cache_dir(storage_path))
-    snapshot = run_state_dir(storage_path, name) / WEIGHT_SNAPSHOT
+    index = cached_class_index(train_ds, class_index_cache_dir(storage_path))
+    state_dir = run_state_dir(storage_path, name)
+    snapshot = storage_join(state_dir, WEIGHT_SNAPSHOT)
     try:
         ray.get_actor(actor_name(name))
     except ValueError:
-        snapshot.unlink(missing_ok=True)
+        RunState(state_dir).delete(WEIGHT_SNAPSHOT)
     return create_weight_actor(
         name,
         num_classes=train_ds.num_classes,

@@ -8,9 +8,12 @@ worker with ``ray.get_actor(actor_name(run_name))``.
 
 Survival. The actor is created with ``max_restarts=-1`` and ``max_task_retries=0``: a
 killed actor is restarted by Ray, which re-runs ``__init__``; ``__init__`` reloads the
-latest snapshot, a JSON file written atomically (temporary file + ``os.replace``) every
-``snapshot_every`` report calls or ``snapshot_interval_s`` seconds, on demand
-(:meth:`WeightStore.snapshot`) and after every ``load_state_dict``. Reports that reached the
+latest snapshot, a JSON file on the run's storage (:class:`~tce_ray.run_state.RunState`:
+a local path or a URI such as ``s3://...``, so an actor restarted on another node finds
+it), replaced atomically every ``snapshot_every`` report calls or ``snapshot_interval_s``
+seconds, on demand (:meth:`WeightStore.snapshot`) and after every ``load_state_dict``. A
+snapshot that cannot be written during a report is logged and counted
+(``stats()["snapshot_errors"]``) and retried at the next one; the report itself stands. Reports that reached the
 actor after its last snapshot are lost with it; with ``max_task_retries=0`` no report is
 ever applied twice by Ray itself. The training checkpoint carries the full state too (see
 ``tce_ray.train``), so a restart of the workers restores exactly the checkpointed state.
@@ -64,13 +67,13 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from tce_ray.run_state import RunState, RunStateError
 from tce_ray.tilt import TiltState
 
 logger = logging.getLogger(__name__)
@@ -96,28 +99,31 @@ def state_hash(state: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_snapshot(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The snapshot a :class:`WeightStore` wrote at ``path`` (None if there is none)."""
-    path = Path(path)
-    if not path.exists():
+    """The snapshot a :class:`WeightStore` wrote at ``path`` (a local path or a URI on the
+    run's storage); None if there is none."""
+    state, key = RunState.for_file(path)
+    return _parse_snapshot(state.read_json(key), state.uri(key))
+
+
+def _parse_snapshot(snap: Any, where: str) -> dict[str, Any] | None:
+    if snap is None:
         return None
-    with open(path) as f:
-        snap = json.load(f)
     if not isinstance(snap, dict) or snap.get("format") != SNAPSHOT_FORMAT or "state" not in snap:
         raise ValueError(
-            f"{path} is not a class-weight snapshot (format {SNAPSHOT_FORMAT}); delete it to start "
+            f"{where} is not a class-weight snapshot (format {SNAPSHOT_FORMAT}); delete it to start "
             "from uniform weights"
         )
     return snap
+
+
+def _node_id() -> str | None:
+    if not ray.is_initialized():  # plain-Python use (get_runtime_context would start Ray)
+        return None
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - not inside Ray (plain-Python use)
+        return None
 
 
 class WeightStore:
@@ -125,8 +131,9 @@ class WeightStore:
 
     Args:
         num_classes, t, gamma, drawable, weight_floor: passed to :class:`TiltState`.
-        snapshot_path: JSON file the state is saved to and reloaded from in ``__init__``
-            (None: no snapshots, a restart starts from uniform weights).
+        snapshot_path: JSON file the state is saved to and reloaded from in ``__init__``, a
+            local path or a URI on the run's storage (``tce_ray.run_state``; None: no
+            snapshots, a restart starts from uniform weights).
         snapshot_every: snapshot after this many ``report_many`` calls ...
         snapshot_interval_s: ... or when this many seconds passed since the last one.
     """
@@ -148,23 +155,30 @@ class WeightStore:
         if not snapshot_interval_s > 0:
             raise ValueError(f"snapshot_interval_s must be > 0, got {snapshot_interval_s}")
         self._tilt = TiltState(num_classes, t, gamma, drawable, weight_floor=weight_floor)
-        self._snapshot_path = Path(snapshot_path) if snapshot_path is not None else None
+        self._snapshot: tuple[RunState, str] | None = (
+            RunState.for_file(snapshot_path) if snapshot_path is not None else None
+        )
         self._snapshot_every = int(snapshot_every)
         self._snapshot_interval_s = float(snapshot_interval_s)
         self._calls_since_snapshot = 0
         self._last_snapshot_t = time.monotonic()
         self._report_calls = 0
+        self.snapshot_errors = 0
         self.restored_updates: int | None = None
-        if self._snapshot_path is not None:
-            self._snapshot_path.parent.mkdir(parents=True, exist_ok=True)
-            snap = read_snapshot(self._snapshot_path)
+        self.restored_from: dict[str, Any] | None = None
+        """``node_id`` and ``pid`` of the process that wrote the snapshot restored in ``__init__``."""
+        if self._snapshot is not None:
+            state, key = self._snapshot
+            snap = _parse_snapshot(state.read_json(key), state.uri(key))
             if snap is not None:
                 self._tilt.load_state_dict(snap["state"])
                 self.restored_updates = self._tilt.num_updates
+                self.restored_from = {"node_id": snap.get("node_id"), "pid": snap.get("pid")}
                 logger.info(
-                    "class-weight state restored from %s (%d updates)",
-                    self._snapshot_path,
+                    "class-weight state restored from %s (%d updates, written on node %s)",
+                    state.uri(key),
                     self.restored_updates,
+                    snap.get("node_id"),
                 )
 
     # -- reading ----------------------------------------------------------------------
@@ -181,17 +195,23 @@ class WeightStore:
         return self._tilt.state_dict()
 
     def stats(self) -> dict[str, Any]:
-        """Diagnostics: num_updates, report_calls, pid, cpu_s (process CPU time), restored_updates."""
-        try:
-            reconstructed = bool(ray.get_runtime_context().was_current_actor_reconstructed)
-        except Exception:  # not inside an actor (plain-Python use)
-            reconstructed = False
+        """Diagnostics: num_updates, report_calls, pid, node_id, cpu_s (process CPU time),
+        restored_updates, restored_from (writer of the restored snapshot), snapshot_errors, reconstructed."""
+        reconstructed = False
+        if ray.is_initialized():  # get_runtime_context() would start Ray in plain-Python use
+            try:
+                reconstructed = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+            except Exception:  # noqa: BLE001 - not inside an actor
+                reconstructed = False
         return {
             "num_updates": self._tilt.num_updates,
             "report_calls": self._report_calls,
             "pid": os.getpid(),
             "cpu_s": time.process_time(),
+            "node_id": _node_id(),
             "restored_updates": self.restored_updates,
+            "restored_from": self.restored_from,
+            "snapshot_errors": self.snapshot_errors,
             "reconstructed": reconstructed,
         }
 
@@ -201,11 +221,16 @@ class WeightStore:
         self._tilt.update_many(classes, losses)
         self._report_calls += 1
         self._calls_since_snapshot += 1
-        if self._snapshot_path is not None and (
+        if self._snapshot is not None and (
             self._calls_since_snapshot >= self._snapshot_every
             or time.monotonic() - self._last_snapshot_t >= self._snapshot_interval_s
         ):
-            self.snapshot()
+            try:
+                self.snapshot()
+            except RunStateError as e:  # the reports are applied: keep them, retry the snapshot later
+                self.snapshot_errors += 1
+                self._last_snapshot_t = time.monotonic()
+                logger.warning("class-weight snapshot failed (%d so far): %s", self.snapshot_errors, e)
         return self._tilt.num_updates
 
     def report_and_get(
@@ -224,19 +249,23 @@ class WeightStore:
         return self._tilt.num_updates
 
     def snapshot(self) -> str | None:
-        """Write the state to the snapshot file now (atomically); returns its path."""
-        if self._snapshot_path is None:
+        """Write the state to the snapshot file now (atomically, on the run's storage);
+        returns its location. Raises :class:`~tce_ray.run_state.RunStateError` if it cannot."""
+        if self._snapshot is None:
             return None
+        state, key = self._snapshot
         payload = {
             "format": SNAPSHOT_FORMAT,
             "state": self._tilt.state_dict(),
             "num_updates": self._tilt.num_updates,
             "time": time.time(),
+            "node_id": _node_id(),
+            "pid": os.getpid(),
         }
-        _atomic_write_json(self._snapshot_path, payload)
+        where = state.write_json(key, payload)
         self._calls_since_snapshot = 0
         self._last_snapshot_t = time.monotonic()
-        return str(self._snapshot_path)
+        return where
 
 
 #: The Ray actor (one per run): restarted by Ray when killed, its calls never retried.

@@ -55,7 +55,6 @@ hooks are :data:`NO_HOOKS`, which do nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -65,7 +64,6 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -82,6 +80,7 @@ from tce_ray.evaluation import all_reduce_sum, evaluate_confusion, evaluation_me
 from tce_ray.live_metrics import LiveMetrics
 from tce_ray.losses import class_ce
 from tce_ray.models import deeplabv3plus
+from tce_ray.run_state import RunState, cached_class_index
 from tce_ray.runspec import RunSpec
 from tce_ray.sampling import ClassIndex, TiltedBatchSampler
 from tce_ray.tilt import TiltState
@@ -98,9 +97,16 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (the run is stopped, not retried)."""
 
 
-def worker_pid_file(state_dir: str | os.PathLike, rank: int) -> Path:
-    """File holding the pid of the current attempt's worker ``rank`` (for fault-injection tests)."""
-    return Path(state_dir) / "pids" / f"rank{rank}.pid"
+def worker_pid_key(rank: int) -> str:
+    """Key (in the run's state) of the file naming the current attempt's worker ``rank``:
+    JSON ``{"pid", "node_id", "time"}`` (for fault-injection tests)."""
+    return f"pids/rank{int(rank)}.pid"
+
+
+def read_worker_pid(state_dir: str | RunState, rank: int) -> dict[str, Any] | None:
+    """``{"pid", "node_id", "time"}`` of worker ``rank``'s current attempt, None before it started."""
+    files = state_dir if isinstance(state_dir, RunState) else RunState(state_dir)
+    return files.read_json(worker_pid_key(rank))
 
 
 def build_datasets(run: RunSpec):
@@ -297,26 +303,25 @@ class StepClock:
 
 
 # ----------------------------------------------------------------------------- non-finite loss
-def _raise_if_marked_fatal(state_dir: Path) -> None:
-    marker = state_dir / FATAL_MARKER
-    if marker.exists():
+def _raise_if_marked_fatal(files: RunState) -> None:
+    if files.exists(FATAL_MARKER):
         try:
-            message = json.loads(marker.read_text())["message"]
-        except (OSError, ValueError, KeyError):
-            message = f"non-finite loss (see {marker})"
+            message = files.read_json(FATAL_MARKER)["message"]
+        except (OSError, ValueError, KeyError, TypeError):
+            message = f"non-finite loss (see {files.uri(FATAL_MARKER)})"
         raise NonFiniteLossError(f"{message} [not retried: an earlier attempt of this run hit it]")
 
 
-def _fail_non_finite(state_dir: Path, value: float, step: int, rank: int, lr: float) -> None:
+def _fail_non_finite(files: RunState, value: float, step: int, rank: int, lr: float) -> None:
     message = (
         f"non-finite loss ({value}) at step {step} on worker rank {rank} (lr {lr:.3g}); "
         "the run diverged: lower optim.lr, enable gradient-friendly settings (e.g. a smaller t for TCE), "
         "or check the data for broken labels"
     )
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".{FATAL_MARKER}.{rank}.tmp"
-    tmp.write_text(json.dumps({"message": message, "step": step, "rank": rank}))
-    os.replace(tmp, state_dir / FATAL_MARKER)
+    try:  # the marker stops Ray Train's retries; the error below is raised either way
+        files.write_json(FATAL_MARKER, {"message": message, "step": step, "rank": rank})
+    except OSError as e:
+        logger.error("could not leave the non-finite-loss marker (%s); Ray Train may retry this run", e)
     raise NonFiniteLossError(message)
 
 
@@ -391,10 +396,10 @@ class TiltFeedback:
 def _class_index(train_ds, cache_dir: str | None, rank: int) -> ClassIndex:
     """Rank 0 builds (or reads) the cached index first; the others then read its cache."""
     if rank == 0 or cache_dir is None:
-        index = ClassIndex.build(train_ds, cache_dir=cache_dir)
+        index = cached_class_index(train_ds, cache_dir) if cache_dir is not None else ClassIndex.build(train_ds)
     _barrier()
     if rank != 0 and cache_dir is not None:
-        index = ClassIndex.build(train_ds, cache_dir=cache_dir)
+        index = cached_class_index(train_ds, cache_dir)
     return index
 
 
@@ -432,7 +437,7 @@ class Worker:
     rank: int
     world: int
     device: torch.device
-    state_dir: Path
+    state_dir: RunState  # the run's state files, on its storage
     class_names: tuple[str, ...]
     loss_fn: nn.Module
     model: nn.Module  # what trains (DDP-wrapped with several workers)
@@ -459,7 +464,7 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     tr = run.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    state_dir = Path(config["state_dir"])
+    state_dir = RunState(config["state_dir"])
     _start_attempt(state_dir, rank, tr.cpus_per_worker)
     device = ray.train.torch.get_device()
 
@@ -497,12 +502,13 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     )  # fmt: skip
 
 
-def _start_attempt(state_dir: Path, rank: int, cpus: float) -> None:
+def _start_attempt(files: RunState, rank: int, cpus: float) -> None:
     """Refuse to train after a non-finite loss; leave this worker's pid; use ``cpus`` threads."""
-    _raise_if_marked_fatal(state_dir)
-    pid_file = worker_pid_file(state_dir, rank)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(str(os.getpid()))
+    _raise_if_marked_fatal(files)
+    files.write_json(
+        worker_pid_key(rank),
+        {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "time": time.time()},
+    )
     torch.set_num_threads(max(1, int(cpus)))
 
 

@@ -45,3 +45,27 @@ def camvid_root() -> Path:
     if not (CAMVID_ROOT / "train").is_dir():
         pytest.skip(f"CamVid not found at {CAMVID_ROOT} (set TCE_CAMVID_ROOT)")
     return CAMVID_ROOT
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto) on loopback for the session, with one bucket.
+
+    Yields a ``tests.s3_server.S3Server``: ``uri()`` gives a fresh ``s3://bucket/prefix``,
+    ``env`` the settings (``AWS_ENDPOINT_URL``, credentials, region) a process needs to reach
+    it. Tests apply ``env`` to themselves with monkeypatch, or pass it to subprocesses.
+    """
+    pytest.importorskip("moto", reason="moto[server] (dev extras) runs the S3-compatible test server")
+    from s3_server import start_s3_server
+
+    server = start_s3_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This test's process talks to the S3 test server (``AWS_ENDPOINT_URL`` & co. set)."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server

@@ -23,8 +23,9 @@ import torch
 
 from tce_ray.checkpointing import load_training_state
 from tce_ray.runspec import RunSpec
+from tce_ray.run_state import storage_join
 from tce_ray.train import WEIGHT_SNAPSHOT, run_state_dir, run_training
-from tce_ray.worker_loop import worker_pid_file
+from tce_ray.worker_loop import read_worker_pid
 from tce_ray.weights_actor import actor_name, read_snapshot, state_hash
 
 torch.set_num_threads(1)
@@ -95,7 +96,7 @@ def test_killed_worker_restarts_from_the_checkpoint_with_its_weight_state(ray_se
     first = wait_for(lambda: registered_checkpoints(run_dir), 180, "the first registered checkpoint")
     assert [c["metrics"]["step"] for c in first] == [4]
     time.sleep(3.0)  # RAY_NOTES: a checkpoint reported just before a crash was once lost
-    pid = int(worker_pid_file(run_state_dir(str(tmp_path), name), 0).read_text())
+    pid = read_worker_pid(run_state_dir(str(tmp_path), name), 0)["pid"]
     os.kill(pid, signal.SIGKILL)  # rank 0, the worker that writes checkpoints
 
     result = bg.join(240)
@@ -104,7 +105,7 @@ def test_killed_worker_restarts_from_the_checkpoint_with_its_weight_state(ray_se
     restored = m["restored_from_step"]
     assert restored == 4
     # a new process took rank 0's place
-    assert int(worker_pid_file(run_state_dir(str(tmp_path), name), 0).read_text()) != pid
+    assert read_worker_pid(run_state_dir(str(tmp_path), name), 0)["pid"] != pid
     # the actor's state right after the restore is the checkpoint's (hash of both)
     ckpt = next(c for c, cm in result.best_checkpoints if cm["step"] == restored)
     with ckpt.as_directory() as d:
@@ -122,9 +123,9 @@ def test_killed_worker_restarts_from_the_checkpoint_with_its_weight_state(ray_se
 def test_killed_weight_actor_comes_back_and_training_goes_on(ray_session, tmp_path):
     name = "kill-actor"
     run = tiny_run("tce_stochastic", steps=24, eval_every=12, max_failures=0)
-    snapshot = run_state_dir(str(tmp_path), name) / WEIGHT_SNAPSHOT
+    snapshot = storage_join(run_state_dir(str(tmp_path), name), WEIGHT_SNAPSHOT)
     bg = Background(run=run, name=name, storage_path=str(tmp_path), debug={"step_sleep_s": 0.2})
-    wait_for(lambda: snapshot.exists() and read_snapshot(snapshot)["num_updates"] >= 6, 180, "a snapshot with 6 updates")
+    wait_for(lambda: (read_snapshot(snapshot) or {}).get("num_updates", 0) >= 6, 180, "a snapshot with 6 updates")
     actor = ray.get_actor(actor_name(name))
     pid = ray.get(actor.stats.remote())["pid"]
     snap_updates = read_snapshot(snapshot)["num_updates"]

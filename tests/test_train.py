@@ -74,13 +74,15 @@ def test_make_loss_per_name():
 def test_trainer_config_and_a_stale_fatal_marker(tmp_path):
     run = tiny_run("mcce")
     state_dir = run_state_dir(str(tmp_path), "again")
-    state_dir.mkdir(parents=True)
-    (state_dir / FATAL_MARKER).write_text('{"message": "non-finite loss (nan) at step 3"}')
+    assert state_dir == str(tmp_path / "again" / "tce_state")  # on the run's storage
+    (tmp_path / "again" / "tce_state").mkdir(parents=True)
+    (tmp_path / "again" / "tce_state" / FATAL_MARKER).write_text('{"message": "non-finite loss (nan) at step 3"}')
     config = trainer_config(run, name="again", storage_path=str(tmp_path), debug={"nan_at_step": 2})
     # a new run under the same name is not blocked by the earlier run's marker
-    assert not (state_dir / FATAL_MARKER).exists()
+    assert not (tmp_path / "again" / "tce_state" / FATAL_MARKER).exists()
     assert RunSpec.model_validate(config["run"]) == run
-    assert config["run_name"] == "again" and config["state_dir"] == str(state_dir)
+    assert config["run_name"] == "again" and config["state_dir"] == state_dir
+    assert config["cache_dir"] == str(tmp_path / ".class_index_cache")
     assert config["debug"] == {"nan_at_step": 2}
     with pytest.raises(ValueError, match="name"):
         trainer_config(run, name="a/b", storage_path=str(tmp_path))

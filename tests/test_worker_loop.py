@@ -14,6 +14,7 @@ from torch.utils.data import DistributedSampler
 
 import tce_ray.worker_loop as wl
 from tce_ray.losses import MCCE
+from tce_ray.run_state import RunState
 from tce_ray.runspec import RunSpec
 from tce_ray.worker_loop import (
     FATAL_MARKER,
@@ -135,17 +136,18 @@ def test_fault_injection(monkeypatch):
 # ----------------------------------------------------------------------------- non-finite loss
 def test_a_non_finite_loss_leaves_a_marker_that_stops_the_retries(tmp_path):
     state_dir = tmp_path / "state"
-    _raise_if_marked_fatal(state_dir)  # no marker: nothing happens
+    files = RunState(str(state_dir))
+    _raise_if_marked_fatal(files)  # no marker: nothing happens
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 3 on worker rank 1 \(lr 0.005\)"):
-        _fail_non_finite(state_dir, float("nan"), 3, 1, 0.005)
+        _fail_non_finite(files, float("nan"), 3, 1, 0.005)
     marker = json.loads((state_dir / FATAL_MARKER).read_text())
     assert marker["step"] == 3 and marker["rank"] == 1 and "optim.lr" in marker["message"]
     assert [p.name for p in state_dir.iterdir()] == [FATAL_MARKER]  # the temp file was renamed
     with pytest.raises(NonFiniteLossError, match="at step 3.*not retried"):
-        _raise_if_marked_fatal(state_dir)
+        _raise_if_marked_fatal(files)
     (state_dir / FATAL_MARKER).write_text("{broken")
     with pytest.raises(NonFiniteLossError, match="see .*FATAL_NONFINITE_LOSS.json.*not retried"):
-        _raise_if_marked_fatal(state_dir)
+        _raise_if_marked_fatal(files)
 
 
 # ----------------------------------------------------------------------------- stochastic TCE
