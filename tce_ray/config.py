@@ -426,9 +426,14 @@ class StudyConfig(_Strict):
             try:
                 self.run.merged(c.overrides())
             except ValidationError as exc:
-                loc = [str(p) for p in exc.errors()[0]["loc"]]
-                where = loc[1:] if loc[0] == "loss" else loc  # loss settings sit flat in a configuration
-                raise _PathError(f"search.configurations.{i}.{'.'.join(where)}", exc.errors()[0]["msg"]) from None
+                err = exc.errors()[0]
+                loc = [str(p) for p in err["loc"]]
+                msg = err["msg"]
+                ctx_err = (err.get("ctx") or {}).get("error")
+                if isinstance(ctx_err, _PathError):  # a check across sections (sampling vs loss) names its key
+                    loc, msg = loc + [p for p in ctx_err.path.split(".") if p], ctx_err.message
+                where = loc[1:] if loc and loc[0] == "loss" else loc  # loss settings sit flat in a configuration
+                raise _PathError(".".join(["search", "configurations", str(i), *where]), msg) from None
         if self.scheduler is not None and self.scheduler.asha is not None:
             metric = self.scheduler.asha.metric
             if metric not in self.run.objectives:

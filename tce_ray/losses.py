@@ -407,9 +407,12 @@ def make_loss(run: Any, num_classes: int, index: Any = None) -> nn.Module:
 
 
 def needs_class_index(run: Any) -> bool:
-    """Whether the run's loss needs the training set's class index (stochastic TCE draws
-    from D_c; focal's inverse-frequency alpha needs the pixel frequencies)."""
+    """Whether the run needs the training set's class index (stochastic TCE and rare-class
+    sampling draw from D_c; focal's inverse-frequency alpha needs the pixel frequencies)."""
     settings = _loss_settings(run)
+    sampling = getattr(run, "sampling", None)
+    if sampling is not None and getattr(sampling, "mode", "default") == "rare_class":
+        return True
     return get_loss(settings["name"]).uses_class_index(settings)
 
 

@@ -252,6 +252,49 @@ class TrainSpec(_Strict):
     ``tce_ray.weights_actor``."""
 
 
+SAMPLING_MODES: tuple[str, ...] = ("default", "rare_class")
+
+
+class SamplingSpec(_Strict):
+    """How the training batches are drawn (``tce_ray.sampling``).
+
+    ``mode``: ``default``: the loss decides (``tce_stochastic`` draws a class from its
+    tilted weights, then images containing it; every other loss shuffles the images);
+    ``rare_class``: static rare-class sampling (DAFormer, Hoyer et al. 2022): a class with
+    probability ``∝ exp((1 - f_c) / temperature)`` (``f_c``: its share of the training
+    pixels), then images containing it; for any loss but ``tce_stochastic``.
+    ``image_power`` and ``class_crop`` act whenever batches are drawn by class
+    (``tce_stochastic``, or ``mode: rare_class``). The paper's Algorithm 1 is
+    ``image_power: 0, class_crop: false``: the defaults.
+    """
+
+    mode: Literal["default", "rare_class"] = "default"
+    temperature: float = Field(0.01, gt=0.0)
+    """Rare-class sampling's T (DAFormer's 0.01): lower puts more draws on the rarest classes."""
+    image_power: float = Field(0.0, ge=0.0)
+    """P(image m | class c) ∝ n_{m,c} ** image_power over D_c: 0 uniform (the paper), 1 ∝ the
+    class's pixels in the image, higher favours the images where the class is large."""
+    class_crop: bool = False
+    """Centre each training crop on a pixel of the batch's drawn class (the crop's size, scale
+    and flip stay random); false: the crop is placed at random (the paper)."""
+
+
+def check_sampling(loss_name: str, sampling: SamplingSpec) -> None:
+    """Raise :class:`KeyPathError` when ``sampling`` does not apply to ``loss_name``."""
+    stochastic = loss_name == "tce_stochastic"
+    if sampling.mode == "rare_class" and stochastic:
+        raise KeyPathError("mode",
+            "rare_class draws classes from fixed probabilities, but tce_stochastic draws them from its tilted "
+            "weights; use mode: default with tce_stochastic, or rare_class with another loss")
+    by_class = stochastic or sampling.mode == "rare_class"
+    if not by_class and (sampling.image_power != 0.0 or sampling.class_crop):
+        key = "image_power" if sampling.image_power != 0.0 else "class_crop"
+        raise KeyPathError(key,
+            f"sampling.image_power and sampling.class_crop act only when batches are drawn by class, and loss "
+            f"{loss_name!r} with sampling.mode: default shuffles the images; set sampling.mode: rare_class, use "
+            "loss tce_stochastic, or leave image_power: 0 and class_crop: false")
+
+
 class RunSpec(_Strict):
     """Everything one training run needs; JSON round-trips through ``model_dump``."""
 
@@ -262,6 +305,16 @@ class RunSpec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     objectives: list[str] = Field(default_factory=lambda: ["worst_iou", "iou_std"])
     """Registry names (``tce_ray.objectives``) computed at every evaluation."""
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    """How batches are drawn: :class:`SamplingSpec`."""
+
+    @model_validator(mode="after")
+    def _sampling_fits_loss(self) -> RunSpec:
+        try:
+            check_sampling(self.loss.name, self.sampling)
+        except KeyPathError as e:
+            raise KeyPathError(f"sampling.{e.path}", e.message) from None
+        return self
 
     @field_validator("objectives")
     @classmethod
@@ -283,3 +336,36 @@ class RunSpec(_Strict):
             else:
                 data[key] = value
         return RunSpec.model_validate(data)
+
+
+# --------------------------------------------------------------------------- search parameters
+# Sampling settings a study may search (``search.sampling_mode``, ...; Optuna names
+# ``sampling/mode``, ...). Each exists only where it acts (asked after ``loss/name``, in this order).
+
+
+def _draws_by_class(view: Mapping[str, Any]) -> bool:
+    return view["loss.name"] == "tce_stochastic" or view["sampling.mode"] == "rare_class"
+
+
+def _mode_applies(view: Mapping[str, Any]) -> bool:
+    return view["loss.name"] != "tce_stochastic"
+
+
+def _temperature_applies(view: Mapping[str, Any]) -> bool:
+    return view["loss.name"] != "tce_stochastic" and view["sampling.mode"] == "rare_class"
+
+
+def _register_sampling_params() -> None:
+    from .registry import Bounds, SearchParam, register_search_param
+
+    register_search_param(SearchParam("sampling_mode", "sampling.mode", "choice", choices=SAMPLING_MODES,
+                                      applies=_mode_applies))
+    register_search_param(SearchParam("temperature", "sampling.temperature", "range", Bounds(gt=0.0), finite=True,
+                                      applies=_temperature_applies))
+    register_search_param(SearchParam("image_power", "sampling.image_power", "range", Bounds(ge=0.0), finite=True,
+                                      applies=_draws_by_class))
+    register_search_param(SearchParam("class_crop", "sampling.class_crop", "choice", choices=(False, True),
+                                      applies=_draws_by_class))
+
+
+_register_sampling_params()

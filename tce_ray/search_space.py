@@ -134,13 +134,19 @@ class SearchSpace:
         view = _View(self.base_run, {**(explicit or {}), "loss.name": self._loss_name(trial, explicit)})
         out["loss/name"] = view["loss.name"]
         for p in search_params():
-            if p.used_by(view):
+            if p.used_by(view) and (p.section == "loss" or self._given(p, explicit)):
                 view.values[p.path] = out[p.optuna_name] = self._value(trial, p, explicit, view)
         for path, value in (explicit or {}).items():  # what an explicit configuration gives beyond those
             name = path.replace(".", "/")
             if name not in out:
                 out[name] = value
         return out
+
+    def _given(self, p: SearchParam, explicit: dict[str, Any] | None) -> bool:
+        """Whether the study searches or fixes ``p``, or the trial's configuration gives it. A
+        parameter outside ``loss`` that is neither (``sampling.*``) keeps the base run's value
+        without appearing in the trial's config (so its labels and groups stay as they were)."""
+        return self.search.param(p.key) is not None or (explicit is not None and p.path in explicit)
 
     def _loss_name(self, trial: optuna.Trial, explicit: dict[str, Any] | None) -> str:
         losses = self.search.losses

@@ -19,6 +19,7 @@ Debug options (TEST-ONLY, ``config["debug"]``, passed as ``debug=`` to
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
 
@@ -43,6 +44,8 @@ CHECKPOINTS_TO_KEEP = 3
 CONTROLLER_FAILURE_LIMIT = 3
 WEIGHT_SNAPSHOT = "class_weights.json"
 STATE_FOLDER = "tce_state"
+
+logger = logging.getLogger(__name__)
 CACHE_FOLDER = ".class_index_cache"
 
 
@@ -187,4 +190,14 @@ def run_training(
         return trainer.fit()
     finally:
         if actor is not None:
+            _final_snapshot(actor, name)
             ray.kill(actor, no_restart=True)
+
+
+def _final_snapshot(actor: "ray.actor.ActorHandle", name: str, timeout_s: float = 30.0) -> None:
+    """Write the actor's last state to the run's storage before it is killed (the periodic
+    snapshots can miss the last reports); a failure is logged, the run's result stands."""
+    try:
+        ray.get(actor.snapshot.remote(), timeout=timeout_s)
+    except Exception as e:  # noqa: BLE001 - the run is over; a missing last snapshot is not an error
+        logger.warning("final class-weight snapshot of run %s failed: %s", name, e)

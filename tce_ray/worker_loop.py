@@ -46,7 +46,9 @@ this attempt but its first; ``steps_timed`` of them), ``world_size``, ``restored
 TCE: ``weights/<class>``, ``weight_updates``, ``weight_state_hash`` (of the checkpointed
 state), ``restored_weight_hash`` (of the actor's state right after the restore),
 ``weights_age_steps_max`` and ``weights_lag_bound_steps`` (see ``tce_ray.weights_actor``),
-``tilt_reports_skipped`` and ``actor_errors``.
+``tilt_reports_skipped`` and ``actor_errors``; for every class-drawn run (stochastic TCE,
+rare-class sampling): ``drawn_class_missing``, the share of the images of class-drawn
+batches whose training crop holds no pixel of the drawn class (all workers, this attempt).
 
 Debug options (TEST-ONLY, ``config["debug"]``, passed as ``debug=`` to
 ``build_trainer`` / ``run_training``): :class:`FaultInjection`. Without them the loop's
@@ -82,7 +84,7 @@ from tce_ray.losses import class_ce
 from tce_ray.models import deeplabv3plus
 from tce_ray.run_state import RunState, cached_class_index
 from tce_ray.runspec import RunSpec
-from tce_ray.sampling import ClassIndex, TiltedBatchSampler
+from tce_ray.sampling import ClassIndex, StaticClassWeights, TiltedBatchSampler, rare_class_probabilities
 from tce_ray.tilt import TiltState
 from tce_ray.weights_actor import WeightClient, call_with_retry, find_weight_actor, state_hash
 
@@ -325,6 +327,30 @@ def _fail_non_finite(files: RunState, value: float, step: int, rank: int, lr: fl
     raise NonFiniteLossError(message)
 
 
+# ----------------------------------------------------------------------------- class draws
+class ClassDraws:
+    """A run whose batches are drawn by class (stochastic TCE, rare-class sampling): the class
+    of each batch (from the sampler, in delivery order) and how many crops missed it."""
+
+    def __init__(self, sampler: TiltedBatchSampler) -> None:
+        self.sampler = sampler
+        self.missing = torch.zeros((), dtype=torch.long)  # CPU: read at reports only
+        self.images = 0
+
+    def next_class(self, masks: torch.Tensor) -> int:
+        """The class the batch ``masks`` (on the CPU, as the loader delivers it) was drawn for."""
+        cls = self.sampler.pop_batch_class()
+        self.missing += (masks != cls).flatten(1).all(1).sum()
+        self.images += masks.shape[0]
+        return cls
+
+    def add_metrics(self, metrics: dict[str, Any], device: torch.device) -> None:
+        """``drawn_class_missing`` over all workers (a collective)."""
+        drawn = torch.tensor([float(self.missing), float(self.images)], dtype=torch.float64, device=device)
+        all_reduce_sum(drawn)
+        metrics["drawn_class_missing"] = float(drawn[0] / drawn[1]) if drawn[1] > 0 else float("nan")
+
+
 # ----------------------------------------------------------------------------- stochastic TCE
 class TiltFeedback:
     """Stochastic TCE on one worker: the class of each batch (from the sampler), the tilt
@@ -341,7 +367,7 @@ class TiltFeedback:
         self._live_due = 0.0
 
     def batch_class(self) -> int:
-        """The class the next batch was drawn for."""
+        """The class the next batch was drawn for (the loop reads it through :class:`ClassDraws`)."""
         return self.sampler.pop_batch_class()
 
     def class_ce(self, loss_fn: nn.Module, masks: torch.Tensor, cls: int) -> torch.Tensor | None:
@@ -452,6 +478,7 @@ class Worker:
     live: LiveMetrics
     tilt: TiltFeedback | None  # stochastic TCE only
     hooks: StepHooks
+    draws: ClassDraws | None = None  # batches drawn by class (stochastic TCE, rare-class sampling)
 
 
 def setup_worker(config: dict[str, Any]) -> Worker:
@@ -482,6 +509,7 @@ def setup_worker(config: dict[str, Any]) -> Worker:
         client, restored_hash = _connect_weights(run, config["run_name"], state, index, num_classes, rank)
     steps_per_epoch = _steps_per_epoch(len(train_ds), tr.batch_size, world)
     batch_sampler = _batch_sampler(run, train_ds, rank, world, start_step, steps_per_epoch, index=index, client=client)
+    draws = ClassDraws(batch_sampler) if isinstance(batch_sampler, TiltedBatchSampler) else None
     loader = _train_loader(train_ds, batch_sampler, run.data.loader_workers, device, stream_seed)
     val_loader = make_val_loader(
         val_ds, rank, world, num_workers=min(run.data.loader_workers, 1), pin_memory=device.type == "cuda"
@@ -498,7 +526,7 @@ def setup_worker(config: dict[str, Any]) -> Worker:
         loss_fn=loss_fn, model=model, net=net, optimizer=optimizer, amp=amp,
         start_step=start_step, restored=state is not None, steps_per_epoch=steps_per_epoch,
         loader=loader, val_loader=val_loader, live=live, tilt=tilt,
-        hooks=make_hooks(config.get("debug"), restored=state is not None, rank=rank),
+        hooks=make_hooks(config.get("debug"), restored=state is not None, rank=rank), draws=draws,
     )  # fmt: skip
 
 
@@ -568,12 +596,18 @@ def _batch_sampler(
     run: RunSpec, train_ds, rank: int, world: int, start_step: int, steps_per_epoch: int, *,
     index: ClassIndex | None, client: WeightClient | None,
 ) -> Any:  # fmt: skip
-    """Stochastic TCE: a TiltedBatchSampler reading ``client``; else shuffled epochs resumed at ``start_step``."""
-    tr = run.train
-    if client is not None:
+    """Stochastic TCE: a TiltedBatchSampler reading ``client``; rare-class sampling: the same
+    sampler with fixed class probabilities; else shuffled epochs resumed at ``start_step``."""
+    tr, sp = run.train, run.sampling
+    if client is not None or sp.mode == "rare_class":
+        source: Any = client
+        if client is None:  # static rare-class sampling (DAFormer): fixed class probabilities
+            drawable = index.drawable(run.loss.min_pixels)
+            source = StaticClassWeights(rare_class_probabilities(index.pixel_frequencies(), sp.temperature, drawable))
         sampler = TiltedBatchSampler(
-            index, client, tr.batch_size, num_batches=tr.steps - start_step,
+            index, source, tr.batch_size, num_batches=tr.steps - start_step,
             min_pixels=run.loss.min_pixels, seed=tr.seed, rank=rank,
+            image_power=sp.image_power, class_crop=sp.class_crop,
         )  # fmt: skip
         sampler.set_epoch(start_step)  # a resumed attempt draws a fresh stream
         return sampler
@@ -625,7 +659,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 def train_step(w: Worker, images: torch.Tensor, masks: torch.Tensor, step: int) -> tuple[float, float]:
     """Optimiser step ``step + 1``: lr, forward, loss, backward; stochastic TCE reports its
     signal. Returns (loss, lr); a non-finite loss raises :class:`NonFiniteLossError`."""
-    cls = w.tilt.batch_class() if w.tilt is not None else None
+    cls = w.draws.next_class(masks) if w.draws is not None else None
     images = images.to(w.device, non_blocking=True)
     masks = masks.to(w.device, non_blocking=True)
     lr = poly_lr(w.run.optim.lr, step, w.run.train.steps, w.run.optim.poly_power)
@@ -650,6 +684,8 @@ def train_step(w: Worker, images: torch.Tensor, masks: torch.Tensor, step: int) 
 def evaluate_and_report(w: Worker, step: int, lr: float, clock: StepClock) -> None:
     """Evaluate, add the weight metrics (stochastic TCE), report with a checkpoint, open a new window."""
     metrics = evaluate(w, step, lr, clock)
+    if w.draws is not None:
+        w.draws.add_metrics(metrics, w.device)
     w.live.set_iou(np.array([metrics[f"iou/{c}"] for c in w.class_names]))
     weight_state = w.tilt.add_metrics(metrics, step) if w.tilt is not None else None
     report(w, step, metrics, weight_state)

@@ -61,7 +61,8 @@ def test_builtin_entries_drive_the_derived_names():
     assert registry.list_datasets() == ["synthetic", "cityscapes", "ade20k", "camvid", "folder"]
     assert [p.optuna_name for p in registry.search_params()] == [
         "loss/t", "loss/gamma", "loss/focal_gamma", "loss/tilt_signal", "loss/weight_floor",
-        "loss/beta", "loss/scope", "loss/per_image", "loss/ce_weight"]
+        "loss/beta", "loss/scope", "loss/per_image", "loss/ce_weight",
+        "sampling/mode", "sampling/temperature", "sampling/image_power", "sampling/class_crop"]
     assert relevant_settings("tce_stochastic") == ("t", "gamma", "tilt_signal", "weight_floor")
     assert relevant_settings("focal") == ("focal_gamma",) and relevant_settings("mcce") == ()
     run = RunSpec()
