@@ -104,6 +104,10 @@ def _settings_text(config: dict[str, Any], show_seed: bool) -> str:
     parts = [str(loss.get("name", "?"))] + [
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in loss.items() if k != "name"
     ]
+    for section, values in config.items():  # other searched run sections: sampling.image_power=1
+        if section not in ("loss", "study", "search") and isinstance(values, dict):
+            parts += [f"{section}.{k}={v:.3g}" if isinstance(v, float) else f"{section}.{k}={v}"
+                      for k, v in values.items()]
     study = config.get("study", {})
     if show_seed and isinstance(study, dict) and study.get("seed") is not None:
         parts.append(f"seed={study['seed']}")
