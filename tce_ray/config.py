@@ -458,7 +458,9 @@ class StudyConfig(_Strict):
 
     def experiment_path(self) -> str:
         """``<storage>/<name>`` (a URI stays a URI)."""
-        return self.storage.rstrip("/") + "/" + self.name
+        from .run_state import storage_join  # pyarrow: only when a path is built
+
+        return storage_join(self.storage, self.name)
 
     def evaluations_per_run(self) -> int:
         """Reports of a full run (every ``eval_every`` steps and at the end)."""

@@ -68,7 +68,7 @@ def max_concurrent(train: TrainSpec, limit: int | None) -> int:
     res = ray.cluster_resources()
     fits = int(res.get("CPU", 1) // max(train.num_workers * train.cpus_per_worker, 1e-9))
     if train.use_gpu:
-        fits = min(fits, int(res.get("GPU", 0) // train.num_workers))
+        fits = min(fits, int(res.get("GPU", 0) / (train.num_workers * train.gpus_per_worker) + 1e-9))
     return max(1, fits)
 
 
@@ -84,10 +84,12 @@ def cluster_problem(train: TrainSpec) -> str | None:
             f"train.cpus_per_worker={train.cpus_per_worker:g}) but the Ray cluster has {res.get('CPU', 0):g}; "
             "lower them or add nodes"
         )
-    if train.use_gpu and train.num_workers > res.get("GPU", 0):
+    need_gpu = train.num_workers * train.gpus_per_worker
+    if train.use_gpu and need_gpu > res.get("GPU", 0) + 1e-9:
         return (
-            f"train.use_gpu with {train.num_workers} workers needs {train.num_workers} GPUs; the cluster has "
-            f"{res.get('GPU', 0):g}. Set train.use_gpu: false or fewer workers"
+            f"train.use_gpu with {train.num_workers} workers x train.gpus_per_worker={train.gpus_per_worker:g} "
+            f"needs {need_gpu:g} GPUs; the cluster has {res.get('GPU', 0):g}. Set train.use_gpu: false, fewer "
+            "workers or a smaller gpus_per_worker"
         )
     return None
 

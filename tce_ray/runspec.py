@@ -240,6 +240,11 @@ class TrainSpec(_Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(1.0, gt=0.0)
+    """GPUs per worker with ``use_gpu`` (Ray's fractional GPUs): below 1 several workers (of
+    one trial or of concurrent trials) share a GPU, e.g. 0.25 puts four small-model trials
+    of one worker each on one GPU; above 1 a whole number. Their memory is not isolated:
+    the models must fit together."""
     amp: bool = True
     """Autocast on GPU (ignored on CPU)."""
     seed: int = 0
@@ -250,6 +255,18 @@ class TrainSpec(_Strict):
     weights refreshed). 4 keeps the step overhead within 3% of MCCE on a 2-core CPU
     (``benchmarks/bench_step_overhead.py``); the lag this adds is documented in
     ``tce_ray.weights_actor``."""
+
+    @model_validator(mode="after")
+    def _gpus(self) -> TrainSpec:
+        g = self.gpus_per_worker
+        if g != 1.0 and not self.use_gpu:
+            raise KeyPathError("gpus_per_worker",
+                f"gpus_per_worker={g:g} needs use_gpu: true (a CPU run holds no GPU); set use_gpu: true or remove it")
+        if g > 1.0 and g != int(g):
+            raise KeyPathError("gpus_per_worker",
+                f"gpus_per_worker={g:g}: Ray shares a GPU in fractions below 1, above 1 it takes whole GPUs; "
+                "use a fraction such as 0.5 or a whole number such as 2")
+        return self
 
 
 SAMPLING_MODES: tuple[str, ...] = ("default", "rare_class")

@@ -192,7 +192,9 @@ def run_study(
     pickle_by_value(o.fn.__module__ for o in objs if not o.by_workers)
     # the workers compute the importable objectives by key; the rest come from the report callback
     base_run = cfg.run.model_copy(update={"objectives": [o.key for o in objs if o.by_workers] or ["miou"]})
-    setup = _TrialSetup(base_run, objs, cfg.experiment_path() + "/" + RUNS_DIR, shipped_plugins())
+    from .run_state import storage_join
+
+    setup = _TrialSetup(base_run, objs, storage_join(cfg.experiment_path(), RUNS_DIR), shipped_plugins())
     trainable = tune.with_resources(
         tune.with_parameters(_trial, setup=setup), tune.PlacementGroupFactory([{"memory": 1}])
     )

@@ -128,7 +128,7 @@ def build_trainer(
         _train_loop_with_plugins,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=tr.num_workers, use_gpu=tr.use_gpu, resources_per_worker={"CPU": tr.cpus_per_worker}
+            num_workers=tr.num_workers, use_gpu=tr.use_gpu, resources_per_worker=worker_resources(run)
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -140,6 +140,16 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
         ),
     )
+
+
+def worker_resources(run: RunSpec) -> dict[str, float]:
+    """What each training worker holds: ``cpus_per_worker`` CPUs, and ``gpus_per_worker``
+    GPUs (a fraction shares one GPU) with ``use_gpu``."""
+    tr = run.train
+    out = {"CPU": float(tr.cpus_per_worker)}
+    if tr.use_gpu:
+        out["GPU"] = float(tr.gpus_per_worker)
+    return out
 
 
 def start_weight_actor(run: RunSpec, *, name: str, storage_path: str) -> "ray.actor.ActorHandle":

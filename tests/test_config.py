@@ -327,3 +327,46 @@ def test_yaml_lines_follow_nested_sequences(tmp_path):
     assert info.value.path == "search.configurations.1.tilt_signal"
     assert info.value.line == _line_of(text, "tilt_signal: clas")
     assert yaml.safe_load(text)  # the file itself is valid YAML
+
+
+# ----------------------------------------------------------------------------- GPUs shared by trials
+
+
+def test_gpus_per_worker_fractional_shares_a_gpu():
+    from tce_ray.runspec import RunSpec
+    from tce_ray.train import worker_resources
+
+    run = RunSpec.model_validate({"train": {"use_gpu": True, "gpus_per_worker": 0.25, "num_workers": 1}})
+    assert worker_resources(run) == {"CPU": 1.0, "GPU": 0.25}
+    assert worker_resources(RunSpec.model_validate({"train": {"use_gpu": True, "gpus_per_worker": 2}})) == {
+        "CPU": 1.0, "GPU": 2.0}
+    assert worker_resources(RunSpec()) == {"CPU": 1.0}  # a CPU run asks for no GPU
+
+
+@pytest.mark.parametrize(
+    "train, match",
+    [
+        ({"gpus_per_worker": 0.5}, "needs use_gpu: true"),
+        ({"use_gpu": True, "gpus_per_worker": 1.5}, "whole number"),
+        ({"use_gpu": True, "gpus_per_worker": 0}, "greater than 0"),
+        ({"use_gpu": True, "gpus_per_worker": True}, "boolean"),
+    ],
+)
+def test_bad_gpus_per_worker_fails_with_its_key(tmp_path, train, match):
+    data = {"name": "g", "data": {"name": "synthetic"}, "train": train, "search": {"num_samples": 1}}
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_config(data)
+    assert info.value.path == "train.gpus_per_worker"
+
+
+def test_cluster_problem_counts_fractional_gpus(monkeypatch):
+    import ray
+
+    from tce_ray.ray_env import cluster_problem, max_concurrent
+    from tce_ray.runspec import TrainSpec
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    quarter = TrainSpec(use_gpu=True, gpus_per_worker=0.25, num_workers=1)
+    assert cluster_problem(quarter) is None and max_concurrent(quarter, None) == 4
+    two = TrainSpec(use_gpu=True, gpus_per_worker=0.75, num_workers=2)
+    assert "needs 1.5 GPUs" in cluster_problem(two)
