@@ -67,7 +67,9 @@ __all__ = [
     "mean_std",
     "mean_iou_percent",
     "reference_group",
+    "reference_comparisons",
     "CRITERIA",
+    "SIGNIFICANCE_CRITERIA",
     "collect_trials",
     "StudyTables",
     "write_tables",
@@ -570,27 +572,92 @@ def _group_identity(key: str, g: pd.DataFrame, done: pd.DataFrame, loss_cols: Se
     return row
 
 
+def _trial_criteria(row: Mapping[str, Any], cols: Sequence[str], names: Sequence[str], ref_vec: np.ndarray | None) -> dict[str, float] | None:
+    """The Table 3 criteria of one trial in percent (the sorted bottom/top 25% against
+    ``ref_vec``); None when it has no IoU."""
+    from .metrics import fairness_report  # numpy (+ torch) only
+
+    u = np.array([row[c] for c in cols], dtype=np.float64) * 100.0
+    if not u.size or np.all(np.isnan(u)):
+        return None
+    try:
+        rep = fairness_report(u, reference=ref_vec, class_names=list(names))
+    except ValueError:  # no class present in both: no sorted criteria for this trial
+        rep = fairness_report(u, class_names=list(names))
+    return {k: float(rep.get(k, math.nan)) for k, _ in CRITERIA}
+
+
 def _table3_columns(done: pd.DataFrame, cols: Sequence[str], ref_vec: np.ndarray | None) -> dict[str, float]:
     """``table3/<criterion>/mean`` and ``/std`` over the completed trials (each in percent,
     the sorted bottom/top 25% against ``ref_vec``)."""
-    from .metrics import fairness_report  # numpy (+ torch) only
-
     names = [c[len("iou/"):] for c in cols]
     per_trial: dict[str, list[float]] = {k: [] for k, _ in CRITERIA}
     for r in done.to_dict("records"):
-        u = np.array([r[c] for c in cols], dtype=np.float64) * 100.0
-        if not u.size or np.all(np.isnan(u)):
-            continue
-        try:
-            rep = fairness_report(u, reference=ref_vec, class_names=names)
-        except ValueError:  # no class present in both: no sorted criteria for this trial
-            rep = fairness_report(u, class_names=names)
+        crit = _trial_criteria(r, cols, names, ref_vec)
         for k, _ in CRITERIA:
-            per_trial[k].append(float(rep.get(k, math.nan)))
+            if crit is not None:
+                per_trial[k].append(crit[k])
     out: dict[str, float] = {}
     for k, _ in CRITERIA:
         out[f"table3/{k}/mean"], out[f"table3/{k}/std"], _ = mean_std(per_trial[k])
     return out
+
+
+SIGNIFICANCE_CRITERIA: tuple[tuple[str, str], ...] = (
+    ("miou", "mIoU"), ("worst", "worst"), ("sorted_bottom25", "sorted bottom 25%"), ("std", "std"),
+)
+"""The criteria each configuration is compared on against the MCCE reference (keys of
+:data:`CRITERIA`; std: lower is better)."""
+
+
+def reference_comparisons(
+    trials: pd.DataFrame, *, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0
+) -> pd.DataFrame:
+    """Each group against the MCCE reference group (:func:`reference_group`) over their
+    completed seeds, one row per (group, criterion of :data:`SIGNIFICANCE_CRITERIA`):
+    ``group``, ``label``, ``criterion``, ``n`` and ``n_ref`` (seeds), ``mean``, ``ref_mean``,
+    ``diff`` (mean - ref_mean, percentage points), ``p_welch`` (Welch's two-sided t-test)
+    and ``ci_low`` / ``ci_high`` (percentile bootstrap interval of ``diff`` at
+    ``confidence``; :func:`tce_ray.stats.compare`). Criteria per trial as in
+    :func:`group_table` (percent; the sorted bottom 25% with the reference group's mean
+    per-class IoU). ``p`` and the interval are NaN with fewer than two seeds on a side.
+    Empty without a reference group or per-class IoU."""
+    from .stats import compare
+
+    columns = ["group", "label", "criterion", "n", "n_ref", "mean", "ref_mean", "diff", "p_welch", "ci_low", "ci_high"]
+    cols = [c for c in trials.columns if str(c).startswith("iou/")]
+    ref_key = reference_group(trials)
+    if ref_key is None or not cols:
+        return pd.DataFrame(columns=columns)
+    groups = _groups_in_order(trials)
+    ref_vec = mean_iou_percent(dict(groups)[ref_key], cols)
+    names = [c[len("iou/"):] for c in cols]
+
+    def values(g: pd.DataFrame) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {k: [] for k, _ in SIGNIFICANCE_CRITERIA}
+        for r in g[g["status"] == "completed"].to_dict("records"):
+            crit = _trial_criteria(r, cols, names, ref_vec)
+            for k, _ in SIGNIFICANCE_CRITERIA:
+                if crit is not None and math.isfinite(crit[k]):
+                    out[k].append(crit[k])
+        return out
+
+    ref_vals = values(dict(groups)[ref_key])
+    rows = []
+    for key, g in groups:
+        if key == ref_key:
+            continue
+        label = group_label(g)[0]
+        vals = values(g)
+        for k, _ in SIGNIFICANCE_CRITERIA:
+            a, b = vals[k], ref_vals[k]
+            if not a or not b:
+                continue
+            c = compare(a, b, confidence=confidence, n_resamples=n_resamples, seed=seed)
+            rows.append({"group": key, "label": label, "criterion": k, "n": c.n_a, "n_ref": c.n_b, "mean": c.mean_a,
+                         "ref_mean": c.mean_b, "diff": c.diff, "p_welch": c.p_welch, "ci_low": c.ci_low,
+                         "ci_high": c.ci_high})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _unique_labels(groups: pd.DataFrame) -> pd.DataFrame:
