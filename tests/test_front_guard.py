@@ -229,3 +229,38 @@ def test_the_study_searcher_records_the_constraint_before_each_tell():
     assert by_conf[1].constraints[GUARD_CONSTRAINT] == pytest.approx(0.4996)
     best = {t.number for t in study.best_trials}
     assert by_conf[1].number not in best and by_conf[0].number in best and by_conf[-1].number in best
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "studies").glob("*.yaml")))
+def test_no_shipped_study_can_put_a_one_class_model_on_its_front(path):
+    """Every shipped study has the guard, and with its own objectives a one-class model beside
+    honest runs of its configurations is kept off the front (the data section is swapped for
+    the synthetic set: only the study's search, objectives and guard matter here)."""
+    import yaml
+
+    from tce_ray.objectives import resolve_objectives
+
+    data = yaml.safe_load(path.read_text())
+    data["data"] = {"name": "synthetic"}
+    cfg = parse_config(data)
+    guard = cfg.guard()
+    assert guard is not None and guard.metric == "miou" and guard.max_drop <= 0.05
+    assert cfg.search.configurations[guard.reference].settings()["name"] == "mcce"
+    objs = {o.key: o.mode for o in resolve_objectives(cfg.run.objectives)}
+    rng = np.random.default_rng(1)
+    recs = []
+    for i, c in enumerate(cfg.search.configurations):
+        for seed in cfg.search.seeds or [0]:
+            iou = honest_iou(rng, 0.55)
+            m = {"step": 8, "loss": 0.5, "miou": float(np.mean(iou)), **{k: get_objective(k)(iou) for k in objs}}
+            m.update({f"iou/c{j}": float(v) for j, v in enumerate(iou)})
+            study = {"configuration": i, "number": len(recs), "seed": seed}
+            recs.append(TrialRecord(f"t{len(recs)}", {"loss": {"name": c.settings()["name"]}, "study": study}, m))
+    one = one_class_iou()
+    m = {"step": 8, "loss": 9.0, "miou": float(np.mean(one)), **{k: get_objective(k)(one) for k in objs}}
+    m.update({f"iou/c{j}": float(v) for j, v in enumerate(one)})
+    recs.append(TrialRecord("one", {"loss": {"name": "mcce"}, "study": {"configuration": -1, "number": 99}}, m))
+    trials, _ = collect_trials(recs, objs, total_steps=8, guard=guard)
+    assert "one" not in set(pareto_front(trials, objs)["trial_id"])
+    unguarded, _ = collect_trials(recs, objs, total_steps=8)
+    assert "one" in set(pareto_front(unguarded, objs)["trial_id"])  # its std ~0: nothing dominates it
