@@ -37,8 +37,8 @@ the sampler then draws each batch when the step starts). At every ``S``-th step 
 sends its buffered reports and asks for weights in one call, so the weights of the call
 issued after step ``i`` contain this worker's reports of steps ``1 .. i`` (one caller's calls
 to an actor run in submission order). The DataLoader draws the batch of step ``n`` when it
-hands out batch ``n - P`` (the first ``P`` when the iterator starts), i.e. at client step
-``n - 1 - P`` or earlier, reading the cached weights of age ``a`` (client steps since their
+hands out batch ``n - P``, i.e. at client step ``n - 1 - P`` (the first ``P`` batches when
+the iterator starts, at client step 0, which is later), reading the cached weights of age ``a`` (client steps since their
 request left; :attr:`WeightClient.max_weight_age_steps` is the largest ``a`` read). So the
 batch of step ``n`` misses this worker's reports of at most the
 
