@@ -30,6 +30,7 @@ sections sit beside it::
       seeds: [0, 1, 2]                      # optional: each configuration once per seed
     scheduler:                        # optional; see SchedulerSpec for the caveat
       asha: {metric: worst_iou, grace_period: 2}
+    front_guard: {metric: miou, max_drop: 0.05, reference: 0}   # optional; see tce_ray.front_guard
     resources: {max_concurrent_trials: 1}
     optuna_storage: sqlite:///results/optuna.db   # optional
     plugins: [mypackage.losses]       # optional: modules imported first (they register
@@ -85,6 +86,7 @@ __all__ = [
     "ConfigurationSpec",
     "SchedulerSpec",
     "AshaSpec",
+    "FrontGuardSpec",
     "ResourcesSpec",
     "load_config",
     "parse_config",
@@ -350,6 +352,20 @@ class SchedulerSpec(_Strict):
     asha: AshaSpec | None = None
 
 
+class FrontGuardSpec(_Strict):
+    """The front guard (``tce_ray.front_guard``): a trial whose ``metric`` falls more than
+    ``max_drop`` below the mean of explicit configuration ``reference`` over its completed
+    seeds is never ranked on the Pareto front, and Optuna's sampler is told it is
+    infeasible. ``reference`` defaults to the first ``mcce`` configuration."""
+
+    metric: Literal["miou"] = "miou"
+    """The guarded metric (every run reports ``miou``)."""
+    max_drop: float = Field(0.05, ge=0.0, le=1.0)
+    """In the metric's units: 0.05 = 5 points of mIoU below the reference's mean."""
+    reference: int | None = Field(None, ge=0)
+    """Index into ``search.configurations`` (default: the first ``mcce`` one)."""
+
+
 class ResourcesSpec(_Strict):
     """How many trials run at once. Workers, CPUs and GPUs per worker come from ``train``
     (``num_workers``, ``cpus_per_worker``, ``use_gpu``)."""
@@ -373,6 +389,8 @@ class StudyConfig(_Strict):
     run: RunSpec = Field(default_factory=RunSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec | None = None
+    front_guard: FrontGuardSpec | None = None
+    """Keeps trials whose mIoU falls well below the reference's off the Pareto front."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     optuna_storage: str | None = None
     """An Optuna RDB URL (``sqlite:///path.db``, ``postgresql://...``) to browse the study
@@ -434,6 +452,7 @@ class StudyConfig(_Strict):
                     loc, msg = loc + [p for p in ctx_err.path.split(".") if p], ctx_err.message
                 where = loc[1:] if loc and loc[0] == "loss" else loc  # loss settings sit flat in a configuration
                 raise _PathError(".".join(["search", "configurations", str(i), *where]), msg) from None
+        self._resolve_front_guard()
         if self.scheduler is not None and self.scheduler.asha is not None:
             metric = self.scheduler.asha.metric
             if metric not in self.run.objectives:
@@ -441,6 +460,33 @@ class StudyConfig(_Strict):
                     "scheduler.asha.metric", f"{metric!r} is not one of the study's objectives {self.run.objectives}"
                 )
         return self
+
+    def _resolve_front_guard(self) -> None:
+        """``front_guard.reference``: a valid configuration index (default: the first mcce one)."""
+        g = self.front_guard
+        if g is None:
+            return
+        confs = self.search.configurations
+        if g.reference is None:
+            mcce = [i for i, c in enumerate(confs) if c.settings().get("name") == "mcce"]
+            if not mcce:
+                raise _PathError(
+                    "front_guard.reference", "the guard needs a reference configuration and search.configurations "
+                    "has no mcce one: list {name: mcce} under search.configurations or give reference: <index>"
+                )
+            g.reference = mcce[0]
+        elif g.reference >= len(confs):
+            raise _PathError(
+                "front_guard.reference", f"configuration index {g.reference} does not exist: search.configurations "
+                f"has {len(confs)} entr{'y' if len(confs) == 1 else 'ies'} (indices from 0)"
+            )
+
+    def guard(self) -> Any:
+        """The resolved :class:`~tce_ray.front_guard.FrontGuard`, or None without ``front_guard``."""
+        from .front_guard import FrontGuard
+
+        g = self.front_guard
+        return None if g is None else FrontGuard(reference=int(g.reference or 0), max_drop=g.max_drop, metric=g.metric)
 
     # ------------------------------------------------------------------ helpers
 

@@ -9,7 +9,7 @@ collective, and the shards may have different lengths).
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,35 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def _collective_device() -> torch.device:
+    """Where a collective's tensor must live: the current CUDA device under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_counters(
+    sums: Mapping[str, int | float] | None = None, maxes: Mapping[str, int | float] | None = None
+) -> dict[str, int | float]:
+    """Rank-local counters reduced over all workers: each value of ``sums`` summed, each of
+    ``maxes`` maximised (float64, exact for integers below 2**53; ints come back as ints).
+    A collective: every worker calls it with the same keys. Outside a process group of size
+    > 1 the values come back as they are."""
+    sums, maxes = dict(sums or {}), dict(maxes or {})
+    out: dict[str, int | float] = {**sums, **maxes}
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return out
+    device = _collective_device()
+    for values, op in ((sums, dist.ReduceOp.SUM), (maxes, dist.ReduceOp.MAX)):
+        if not values:
+            continue
+        t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=op)
+        for (k, v), r in zip(values.items(), t.tolist()):
+            out[k] = int(r) if isinstance(v, int) and not isinstance(v, bool) else float(r)
+    return out
 
 
 @torch.no_grad()

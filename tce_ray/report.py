@@ -14,10 +14,17 @@ own IoU with the MCCE group's mean IoU as the reference of the sorted bottom/top
 averaged. ``groups.parquet`` (one row per group, ``results.group_table``) is written next
 to the report, and ``plots/pareto_groups.png`` shows the group means with ± std bars.
 
-Then the per-trial tables: the trials (status, objectives, mIoU, Pareto rank), the Pareto
-front, the per-class IoU of every trial in percent (columns sorted by the MCCE reference's
+When an MCCE reference group exists, each other configuration is compared with it over
+seeds (``results.reference_comparisons``): the difference of the means of mIoU, worst,
+sorted bottom 25 % and std in percentage points, Welch's two-sided t-test p and a 95 %
+percentile-bootstrap interval (``tce_ray.stats``), n seeds on each side.
+
+Then the per-trial tables: the trials (status, partial ones "interrupted at step s/S",
+objectives, mIoU, Pareto rank and, with a front guard, why a completed trial is kept off
+the front: ``tce_ray.front_guard``), the Pareto front, the per-class IoU of every trial in percent (columns sorted by the MCCE reference's
 IoU, lowest first, when an MCCE trial completed) and the Table 3 criteria
-(``tce_ray.metrics.fairness_report`` with that reference), failed trials with their errors.
+(``tce_ray.metrics.fairness_report`` with that reference; partial trials labelled with
+their step), failed trials with their errors.
 Plots (matplotlib, Agg): ``plots/pareto.png``, ``plots/per_class_iou.png``,
 ``plots/weights.png`` (class-weight trajectories of the stochastic-TCE trials).
 Numbers print rounded half up (as the paper: 64.595 -> 64.60).
@@ -40,6 +47,8 @@ import pandas as pd
 
 from .results import (
     CRITERIA,
+    GUARD_COLUMN,
+    SIGNIFICANCE_CRITERIA,
     StudyTables,
     group_key,
     group_label,
@@ -47,12 +56,14 @@ from .results import (
     local_output_dir,
     mean_iou_percent,
     read_tables,
+    reference_comparisons,
     reference_group,
+    trials_guard_bound,
 )
 
 __all__ = [
     "build_report", "render_markdown", "reference_trial", "reference_iou", "class_columns", "fmt", "fmt_pm",
-    "has_seed_groups", "main",
+    "has_seed_groups", "partial_status", "main",
 ]
 
 
@@ -170,16 +181,19 @@ def render_markdown(tables: StudyTables, plots: Sequence[str] = (), groups: pd.D
     trials = tables.trials
     objectives = tables.objectives or {}
     if groups is None:
-        groups = group_table(trials, objectives) if len(trials) else pd.DataFrame()
+        groups = group_table(trials, objectives, tables.front_guard) if len(trials) else pd.DataFrame()
     classes = _Classes.of(trials)
+    total_steps = tables.meta.get("total_steps")
     out = _summary_section(tables, objectives)
     if has_seed_groups(groups):
         g = groups[groups["n"] > 0]
         out += _groups_section(g, objectives)
         if classes.cols:
             out += _groups_per_class_section(g, classes) + _groups_table3_section(g, classes)
-    out += _trials_section(trials, objectives) + _pareto_section(tables.pareto, objectives)
-    with_iou = _with_iou(trials)
+    if classes.cols:
+        out += _significance_section(trials, classes)
+    out += _trials_section(trials, objectives, total_steps) + _pareto_section(tables.pareto, objectives, tables)
+    with_iou = _with_partial_labels(_with_iou(trials), total_steps)
     if classes.cols and len(with_iou):
         out += _per_class_section(with_iou, classes) + _table3_section(with_iou, classes)
     out += _failures_section(trials) + _plots_section(plots)
@@ -206,30 +220,73 @@ def _summary_section(tables: StudyTables, objectives: dict[str, str]) -> list[st
             "Note: trials stopped early by the scheduler are told to Optuna as complete with "
             "their partial values; they are left out of the Pareto front below."
         )
+    guard = tables.front_guard
+    if guard is not None:
+        out.append(guard.describe(*trials_guard_bound(trials, guard)))
     return out + [""]
 
 
-def _trials_section(trials: pd.DataFrame, objectives: dict[str, str]) -> list[str]:
-    """Every trial: status, objectives, mIoU, Pareto rank."""
+def partial_status(r: dict[str, Any], total_steps: Any = None) -> str:
+    """A trial's status; a partial (stopped, interrupted) trial with the step its values
+    come from: ``interrupted at step 400/1200``."""
+    status = str(r.get("status", ""))
+    if status not in ("stopped", "interrupted"):
+        return status
+    step = r.get("step")
+    try:
+        step_text = str(int(step))
+    except (TypeError, ValueError):
+        return status
+    total = f"/{int(total_steps)}" if isinstance(total_steps, (int, float)) and math.isfinite(total_steps) else ""
+    return f"{status} at step {step_text}{total}"
+
+
+def _with_partial_labels(trials: pd.DataFrame, total_steps: Any = None) -> pd.DataFrame:
+    """``trials`` with the partial ones' labels suffixed ``(interrupted at step 400/1200)``."""
+    if not len(trials) or "label" not in trials:
+        return trials
+    out = trials.copy()
+    for i, r in zip(out.index, out.to_dict("records")):
+        st = partial_status(r, total_steps)
+        if st != r.get("status"):
+            out.at[i, "label"] = f"{r['label']} ({st})"
+    return out
+
+
+def _trials_section(trials: pd.DataFrame, objectives: dict[str, str], total_steps: Any = None) -> list[str]:
+    """Every trial: status (partial ones with their step), objectives, mIoU, Pareto rank
+    and, with a front guard, why a completed trial is not ranked."""
+    guarded = GUARD_COLUMN in trials and bool(trials[GUARD_COLUMN].fillna("").astype(bool).any())
     header = ["#", "trial", "settings", "status"] + list(objectives) + ["mIoU", "Pareto rank"]
+    header += ["front guard"] if guarded else []
     rows = []
     for i, r in enumerate(trials.to_dict("records")):
         rows.append(
-            [i, r["trial_id"], r.get("label", ""), r["status"]]
+            [i, r["trial_id"], r.get("label", ""), partial_status(r, total_steps)]
             + [fmt(r.get(n), 4) for n in objectives]
             + [fmt(r.get("miou"), 4), r.get("pareto_rank", -1) if r.get("pareto_rank", -1) >= 0 else "–"]
+            + ([r.get(GUARD_COLUMN) or ""] if guarded else [])
         )
-    return ["## Trials", "", _md_table(header, rows), ""]
+    out = ["## Trials", ""]
+    if trials["status"].isin(["stopped", "interrupted"]).any() if len(trials) else False:
+        out += ["Stopped and interrupted trials hold the values of their last report (the step shown); "
+                "they are never ranked.", ""]
+    return out + [_md_table(header, rows), ""]
 
 
-def _pareto_section(front: pd.DataFrame, objectives: dict[str, str]) -> list[str]:
-    """The non-dominated completed trials."""
+def _pareto_section(front: pd.DataFrame, objectives: dict[str, str], tables: StudyTables | None = None) -> list[str]:
+    """The non-dominated completed trials (that the front guard lets through)."""
     out = ["## Pareto front", ""]
+    guard = tables.front_guard if tables is not None else None
     if not len(front):
+        if guard is not None:
+            return out + ["No completed trial with finite objectives passes the front guard.", ""]
         return out + ["No completed trial with finite objectives.", ""]
     rows = [[r["trial_id"], r.get("label", "")] + [fmt(r.get(n), 4) for n in objectives] for r in front.to_dict("records")]
+    what = ("Non-dominated completed trials among those the front guard lets through"
+            if guard is not None else "Non-dominated completed trials")
     return out + [
-        "Non-dominated completed trials (each objective in its own direction):",
+        f"{what} (each objective in its own direction):",
         "",
         _md_table(["trial", "settings"] + list(objectives), rows),
         "",
@@ -310,7 +367,8 @@ def _groups_section(g: pd.DataFrame, objectives: dict[str, str]) -> list[str]:
         "The per-trial tables follow further down.",
         "",
     ]
-    header = ["group", "n", "seeds"] + list(objectives) + ["mIoU", "group Pareto rank"]
+    guarded = GUARD_COLUMN in g and bool(g[GUARD_COLUMN].fillna("").astype(bool).any())
+    header = ["group", "n", "seeds"] + list(objectives) + ["mIoU", "group Pareto rank"] + (["front guard"] if guarded else [])
     rows = []
     for r in g.to_dict("records"):
         rank = r.get("pareto_rank", -1)
@@ -318,8 +376,49 @@ def _groups_section(g: pd.DataFrame, objectives: dict[str, str]) -> list[str]:
             [r["label"], r["n"], ", ".join(str(x) for x in json.loads(r["seeds"]))]
             + [fmt_pm(r.get(f"{n}/mean"), r.get(f"{n}/std"), 4) for n in objectives]
             + [fmt_pm(r.get("miou/mean"), r.get("miou/std"), 4), rank if rank >= 0 else "–"]
+            + ([r.get(GUARD_COLUMN) or ""] if guarded else [])
         )
     return out + [_md_table(header, rows), ""]
+
+
+def _signed(x: float, digits: int = 2) -> str:
+    s = fmt(x, digits)
+    return s if s.startswith("-") or s == "–" else "+" + s
+
+
+def _significance_section(trials: pd.DataFrame, classes: _Classes) -> list[str]:
+    """Each configuration against the MCCE reference over seeds: difference of the means
+    (percentage points), Welch's p and a 95 % bootstrap interval, n seeds on each side."""
+    comp = reference_comparisons(trials)
+    if not len(comp):
+        return []
+    out = [
+        "## Against the MCCE reference, over seeds",
+        "",
+        f"Each configuration's mean minus the reference's ({classes.ref_desc}) over their completed seeds, in "
+        "percentage points, with Welch's two-sided t-test p and a 95 % percentile-bootstrap interval of the "
+        "difference (seeds resampled within each side; tce_ray.stats). n: the configuration's seeds, n ref: the "
+        "reference's. std: lower is better. With 2-3 seeds these figures are weak (few degrees of freedom, a "
+        "bootstrap over 3 values is too narrow); 'n/a': fewer than two seeds on a side.",
+        "",
+    ]
+    titles = dict(SIGNIFICANCE_CRITERIA)
+    header = ["configuration", "n", "n ref"] + [f"Δ {titles[k]}" for k, _ in SIGNIFICANCE_CRITERIA]
+    rows = []
+    for key, g in comp.groupby("group", sort=False):
+        first = g.iloc[0]
+        cells = {r["criterion"]: _cell(r) for r in g.to_dict("records")}
+        rows.append([first["label"], int(first["n"]), int(first["n_ref"])]
+                    + [cells.get(k, "–") for k, _ in SIGNIFICANCE_CRITERIA])
+    return out + [_md_table(header, rows), ""]
+
+
+def _cell(r: dict[str, Any]) -> str:
+    """``+2.31 (p=0.081; [-0.52, 4.10])``; without a p: ``+2.31 (n/a)``."""
+    d = _signed(r["diff"])
+    if not math.isfinite(r["p_welch"]):
+        return f"{d} (n/a)"
+    return f"{d} (p={fmt(r['p_welch'], 3)}; [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}])"
 
 
 def _groups_per_class_section(g: pd.DataFrame, classes: _Classes) -> list[str]:
@@ -426,6 +525,10 @@ def plot_pareto(tables: StudyTables, path: Path) -> bool:
         ax.scatter(done[x], done[y], c="0.6", label="trials")
         front = done[done["pareto_rank"] == 0].sort_values(x)
         ax.plot(front[x], front[y], "o-", c="C3", label="Pareto front")
+        if GUARD_COLUMN in done:
+            kept_off = done[done[GUARD_COLUMN].fillna("") != ""]
+            if len(kept_off):
+                ax.scatter(kept_off[x], kept_off[y], marker="x", c="k", label="kept off by the front guard")
         for r in done.to_dict("records"):
             ax.annotate(r["label"], (r[x], r[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         _label_objective_axes(ax, tables.objectives, objectives)
@@ -545,7 +648,8 @@ def build_report(study_dir: str | Path) -> str:
     import pyarrow.parquet as pq
 
     tables = read_tables(study_dir)
-    groups = group_table(tables.trials, tables.objectives) if len(tables.trials) else pd.DataFrame({"group": pd.Series([], dtype=str)})
+    groups = (group_table(tables.trials, tables.objectives, tables.front_guard) if len(tables.trials)
+              else pd.DataFrame({"group": pd.Series([], dtype=str)}))
     local, publish = local_output_dir(study_dir)
     plots_dir = local / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)

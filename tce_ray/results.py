@@ -9,7 +9,8 @@ Files in ``<storage>/<name>/`` (a local folder or a URI pyarrow can write to):
   ``train.seed``), ``group`` (the key of its group, see below),
   the trial config flattened (``config/loss/name``, ``config/loss/t``, ...), the final
   ``step``, ``train_loss``, ``miou``, every objective by name, ``iou/<class>`` (fractions),
-  ``pareto_rank`` (0 = on the front; -1 not ranked) and ``path``.
+  ``pareto_rank`` (0 = on the front; -1 not ranked), ``front_guard`` (with a front guard:
+  why a completed trial is not ranked, else "") and ``path``.
 - ``history.parquet``: every report of every trial (``trial_id``, ``step``, ``train_loss``,
   ``miou``, objectives, ``iou/<class>``, ``weights/<class>`` of stochastic TCE).
 - ``pareto.parquet``: the rows of ``trials`` on the front (rank 0), objectives first.
@@ -25,7 +26,11 @@ therefore fall into one group.
 
 The Pareto front is computed here from the trials' final objectives (non-dominated
 sorting, each objective in its own direction) over the ``completed`` trials only: trials
-a scheduler stopped early carry partial values and would distort it.
+a scheduler stopped early carry partial values and would distort it. With a front guard
+(``front_guard`` in the study, :mod:`tce_ray.front_guard`) a completed trial whose mIoU
+falls more than ``max_drop`` below the reference configuration's mean is not ranked
+either (``pareto_rank`` -1, the ``front_guard`` column says why); no trial is ranked
+while the reference has no completed trial.
 """
 
 from __future__ import annotations
@@ -43,9 +48,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .front_guard import FrontGuard, guard_bound
+
 __all__ = [
     "non_dominated_ranks",
     "pareto_front",
+    "rank_trials",
+    "FrontGuard",
+    "GUARD_COLUMN",
+    "trials_guard_bound",
     "flatten_config",
     "summarize_error",
     "trial_label",
@@ -56,7 +67,9 @@ __all__ = [
     "mean_std",
     "mean_iou_percent",
     "reference_group",
+    "reference_comparisons",
     "CRITERIA",
+    "SIGNIFICANCE_CRITERIA",
     "collect_trials",
     "StudyTables",
     "write_tables",
@@ -104,21 +117,78 @@ def non_dominated_ranks(values: np.ndarray | Sequence[Sequence[float]], modes: S
     return ranks
 
 
-def pareto_front(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+def pareto_front(trials: pd.DataFrame, objectives: Mapping[str, str], guard: FrontGuard | None = None) -> pd.DataFrame:
     """The completed trials on the front (``pareto_rank == 0``), sorted by the first
-    objective (best first). ``objectives`` maps name -> mode."""
-    if "pareto_rank" not in trials:
-        trials = rank_trials(trials, objectives)
+    objective (best first). ``objectives`` maps name -> mode. With ``guard`` (or a table
+    that already has a ``front_guard`` column) a trial that violates the front guard is
+    never on it (:func:`rank_trials`)."""
+    if "pareto_rank" not in trials or guard is not None:
+        trials = rank_trials(trials, objectives, guard)
     front = trials[trials["pareto_rank"] == 0]
     first, mode = next(iter(objectives.items()))
     return front.sort_values(first, ascending=(mode == "min")).reset_index(drop=True)
 
 
-def rank_trials(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
-    """``trials`` with a ``pareto_rank`` column (completed trials only; others -1)."""
+GUARD_COLUMN = "front_guard"
+"""Column of ``trials`` (and ``groups``): why the front guard keeps a completed trial (group)
+off the front; empty when it does not (or without a guard)."""
+
+
+def reference_rows(trials: pd.DataFrame, guard: FrontGuard) -> pd.DataFrame:
+    """The completed trials of the guard's reference configuration."""
+    if not len(trials) or "configuration" not in trials:
+        return trials.iloc[0:0]
+    conf = pd.to_numeric(trials["configuration"], errors="coerce")
+    return trials[(conf == guard.reference) & (trials["status"] == "completed")]
+
+
+def trials_guard_bound(trials: pd.DataFrame, guard: FrontGuard) -> tuple[float, int]:
+    """(bound, n): the reference configuration's mean ``guard.metric`` over its completed
+    trials minus ``guard.max_drop``, and n; (NaN, 0) without a completed reference trial."""
+    ref = reference_rows(trials, guard)
+    vals = ref[guard.metric].to_numpy(dtype=np.float64) if guard.metric in ref else np.array([])
+    return guard_bound(vals, guard.max_drop)
+
+
+def guard_notes(values: Sequence[float] | np.ndarray, eligible: Sequence[bool] | np.ndarray, guard: FrontGuard,
+                bound: float) -> list[str]:
+    """Why each eligible row (a completed trial, a group with a completed trial) is kept off
+    the front: ``violates front guard (mIoU 0.0412 < bound 0.4130)``, or that the
+    reference has not finished; "" for rows the guard lets through and ineligible rows."""
+    out = []
+    for v, ok in zip(np.asarray(values, dtype=np.float64), eligible):
+        if not ok:
+            out.append("")
+        elif not math.isfinite(bound):
+            out.append(f"front guard: reference configuration #{guard.reference} not finished (no bound yet)")
+        elif not math.isfinite(v):
+            out.append(f"front guard: no {guard.metric_label}")
+        elif v < bound:
+            out.append(f"violates front guard ({guard.metric_label} {v:.4f} < bound {bound:.4f})")
+        else:
+            out.append("")
+    return out
+
+
+def rank_trials(trials: pd.DataFrame, objectives: Mapping[str, str], guard: FrontGuard | None = None) -> pd.DataFrame:
+    """``trials`` with a ``pareto_rank`` column: non-dominated ranks of the completed trials
+    that the front guard lets through; every other trial -1. With ``guard`` the
+    ``front_guard`` column is (re)computed; without one an existing column is respected."""
     out = trials.copy()
     out["pareto_rank"] = -1
-    done = out.index[out["status"] == "completed"] if len(out) else out.index
+    if not len(out):
+        if guard is not None:
+            out[GUARD_COLUMN] = pd.Series([], dtype=str)
+        return out
+    completed = (out["status"] == "completed").to_numpy()
+    if guard is not None:
+        bound, _ = trials_guard_bound(out, guard)
+        vals = out[guard.metric].to_numpy(dtype=np.float64) if guard.metric in out else np.full(len(out), np.nan)
+        out[GUARD_COLUMN] = guard_notes(vals, completed, guard, bound)
+    ok = completed.copy()
+    if GUARD_COLUMN in out:
+        ok &= (out[GUARD_COLUMN].fillna("") == "").to_numpy()
+    done = out.index[ok]
     names = list(objectives)
     missing = [n for n in names if n not in out]
     if len(done) and not missing:
@@ -281,6 +351,7 @@ def collect_trials(
     total_steps: int,
     stopped_status: str = "interrupted",
     default_seed: int = -1,
+    guard: FrontGuard | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, history) DataFrames from the trials' records.
 
@@ -290,7 +361,8 @@ def collect_trials(
     otherwise). Rows are ordered explicit configurations first, then by creation order
     (the Optuna trial number in the config's ``study/number``), then trial id. ``seed`` is
     the config's ``study/seed`` (``default_seed`` when it has none); labels name the seed
-    when the trials have more than one.
+    when the trials have more than one. ``guard``: the study's front guard (the
+    ``front_guard`` column; violating trials are not ranked).
     """
     rows: list[dict[str, Any]] = []
     histories: list[pd.DataFrame] = []
@@ -300,7 +372,7 @@ def collect_trials(
         rows.append(row)
         if rec.history is not None and len(rec.history):
             histories.append(_trial_history(rec, objectives))
-    trials = _order_label_rank(pd.DataFrame(rows), objectives)
+    trials = _order_label_rank(pd.DataFrame(rows), objectives, guard)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame({"trial_id": pd.Series([], dtype=str)})
     return trials, history
 
@@ -355,7 +427,7 @@ def _trial_history(rec: TrialRecord, objectives: Mapping[str, str]) -> pd.DataFr
     return h
 
 
-def _order_label_rank(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+def _order_label_rank(trials: pd.DataFrame, objectives: Mapping[str, str], guard: FrontGuard | None = None) -> pd.DataFrame:
     """Rows in report order, with ``label``, ``group`` and ``pareto_rank`` columns."""
     if not len(trials):
         return trials
@@ -367,7 +439,7 @@ def _order_label_rank(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd
     with_seed = trials["seed"].nunique() > 1
     trials.insert(1, "label", [trial_label(r, with_seed=with_seed) for r in records])
     trials.insert(2, "group", [group_key(r) for r in records])
-    return rank_trials(trials, objectives)
+    return rank_trials(trials, objectives, guard)
 
 
 def _sort_key(c: Any) -> int:
@@ -437,7 +509,7 @@ def reference_group(trials: pd.DataFrame) -> str | None:
     return best
 
 
-def group_table(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+def group_table(trials: pd.DataFrame, objectives: Mapping[str, str], guard: FrontGuard | None = None) -> pd.DataFrame:
     """One row per group (:func:`group_key`), in the order of ``trials``: ``group``,
     ``label`` (settings label, ``[#i]`` when all its trials are explicit configuration i),
     ``configuration`` (that i, else -1), the loss settings (``config/loss/*``), ``n``
@@ -455,7 +527,8 @@ def group_table(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataF
       is the std over seeds of the mean IoU at or below p25; the sorted ones NaN without a
       reference);
     - ``pareto_rank``: non-dominated rank of the groups' objective means (groups with a
-      completed trial; others -1).
+      completed trial whose mean ``guard.metric`` is not below the front guard's bound;
+      others -1); with ``guard``, ``front_guard`` says why a group is not ranked.
 
     Only ``completed`` trials count (stopped or interrupted ones hold partial values).
     """
@@ -474,7 +547,7 @@ def group_table(trials: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataF
             row[f"{name}/mean"], row[f"{name}/std"], _ = mean_std(vals)
         row.update(_table3_columns(done, cols, ref_vec))
         rows.append(row)
-    return _rank_groups(_unique_labels(pd.DataFrame(rows)), objectives)
+    return _rank_groups(_unique_labels(pd.DataFrame(rows)), objectives, guard, trials)
 
 
 def mean_iou_percent(trials: pd.DataFrame, cols: Sequence[str]) -> np.ndarray | None:
@@ -499,27 +572,92 @@ def _group_identity(key: str, g: pd.DataFrame, done: pd.DataFrame, loss_cols: Se
     return row
 
 
+def _trial_criteria(row: Mapping[str, Any], cols: Sequence[str], names: Sequence[str], ref_vec: np.ndarray | None) -> dict[str, float] | None:
+    """The Table 3 criteria of one trial in percent (the sorted bottom/top 25% against
+    ``ref_vec``); None when it has no IoU."""
+    from .metrics import fairness_report  # numpy (+ torch) only
+
+    u = np.array([row[c] for c in cols], dtype=np.float64) * 100.0
+    if not u.size or np.all(np.isnan(u)):
+        return None
+    try:
+        rep = fairness_report(u, reference=ref_vec, class_names=list(names))
+    except ValueError:  # no class present in both: no sorted criteria for this trial
+        rep = fairness_report(u, class_names=list(names))
+    return {k: float(rep.get(k, math.nan)) for k, _ in CRITERIA}
+
+
 def _table3_columns(done: pd.DataFrame, cols: Sequence[str], ref_vec: np.ndarray | None) -> dict[str, float]:
     """``table3/<criterion>/mean`` and ``/std`` over the completed trials (each in percent,
     the sorted bottom/top 25% against ``ref_vec``)."""
-    from .metrics import fairness_report  # numpy (+ torch) only
-
     names = [c[len("iou/"):] for c in cols]
     per_trial: dict[str, list[float]] = {k: [] for k, _ in CRITERIA}
     for r in done.to_dict("records"):
-        u = np.array([r[c] for c in cols], dtype=np.float64) * 100.0
-        if not u.size or np.all(np.isnan(u)):
-            continue
-        try:
-            rep = fairness_report(u, reference=ref_vec, class_names=names)
-        except ValueError:  # no class present in both: no sorted criteria for this trial
-            rep = fairness_report(u, class_names=names)
+        crit = _trial_criteria(r, cols, names, ref_vec)
         for k, _ in CRITERIA:
-            per_trial[k].append(float(rep.get(k, math.nan)))
+            if crit is not None:
+                per_trial[k].append(crit[k])
     out: dict[str, float] = {}
     for k, _ in CRITERIA:
         out[f"table3/{k}/mean"], out[f"table3/{k}/std"], _ = mean_std(per_trial[k])
     return out
+
+
+SIGNIFICANCE_CRITERIA: tuple[tuple[str, str], ...] = (
+    ("miou", "mIoU"), ("worst", "worst"), ("sorted_bottom25", "sorted bottom 25%"), ("std", "std"),
+)
+"""The criteria each configuration is compared on against the MCCE reference (keys of
+:data:`CRITERIA`; std: lower is better)."""
+
+
+def reference_comparisons(
+    trials: pd.DataFrame, *, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0
+) -> pd.DataFrame:
+    """Each group against the MCCE reference group (:func:`reference_group`) over their
+    completed seeds, one row per (group, criterion of :data:`SIGNIFICANCE_CRITERIA`):
+    ``group``, ``label``, ``criterion``, ``n`` and ``n_ref`` (seeds), ``mean``, ``ref_mean``,
+    ``diff`` (mean - ref_mean, percentage points), ``p_welch`` (Welch's two-sided t-test)
+    and ``ci_low`` / ``ci_high`` (percentile bootstrap interval of ``diff`` at
+    ``confidence``; :func:`tce_ray.stats.compare`). Criteria per trial as in
+    :func:`group_table` (percent; the sorted bottom 25% with the reference group's mean
+    per-class IoU). ``p`` and the interval are NaN with fewer than two seeds on a side.
+    Empty without a reference group or per-class IoU."""
+    from .stats import compare
+
+    columns = ["group", "label", "criterion", "n", "n_ref", "mean", "ref_mean", "diff", "p_welch", "ci_low", "ci_high"]
+    cols = [c for c in trials.columns if str(c).startswith("iou/")]
+    ref_key = reference_group(trials)
+    if ref_key is None or not cols:
+        return pd.DataFrame(columns=columns)
+    groups = _groups_in_order(trials)
+    ref_vec = mean_iou_percent(dict(groups)[ref_key], cols)
+    names = [c[len("iou/"):] for c in cols]
+
+    def values(g: pd.DataFrame) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {k: [] for k, _ in SIGNIFICANCE_CRITERIA}
+        for r in g[g["status"] == "completed"].to_dict("records"):
+            crit = _trial_criteria(r, cols, names, ref_vec)
+            for k, _ in SIGNIFICANCE_CRITERIA:
+                if crit is not None and math.isfinite(crit[k]):
+                    out[k].append(crit[k])
+        return out
+
+    ref_vals = values(dict(groups)[ref_key])
+    rows = []
+    for key, g in groups:
+        if key == ref_key:
+            continue
+        label = group_label(g)[0]
+        vals = values(g)
+        for k, _ in SIGNIFICANCE_CRITERIA:
+            a, b = vals[k], ref_vals[k]
+            if not a or not b:
+                continue
+            c = compare(a, b, confidence=confidence, n_resamples=n_resamples, seed=seed)
+            rows.append({"group": key, "label": label, "criterion": k, "n": c.n_a, "n_ref": c.n_b, "mean": c.mean_a,
+                         "ref_mean": c.mean_b, "diff": c.diff, "p_welch": c.p_welch, "ci_low": c.ci_low,
+                         "ci_high": c.ci_high})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _unique_labels(groups: pd.DataFrame) -> pd.DataFrame:
@@ -534,14 +672,23 @@ def _unique_labels(groups: pd.DataFrame) -> pd.DataFrame:
     return groups
 
 
-def _rank_groups(groups: pd.DataFrame, objectives: Mapping[str, str]) -> pd.DataFrame:
+def _rank_groups(groups: pd.DataFrame, objectives: Mapping[str, str], guard: FrontGuard | None = None,
+                 trials: pd.DataFrame | None = None) -> pd.DataFrame:
     """A ``pareto_rank`` column: non-dominated ranks of the groups' objective means (-1 for
-    groups without a completed trial)."""
+    groups without a completed trial, and for groups whose mean metric violates ``guard``,
+    whose bound comes from ``trials``)."""
     if not len(groups):
         return groups
     groups["pareto_rank"] = -1
+    eligible = (groups["n"] > 0).to_numpy()
+    if guard is not None and trials is not None:
+        bound, _ = trials_guard_bound(trials, guard)
+        col = f"{guard.metric}/mean"
+        vals = groups[col].to_numpy(dtype=np.float64) if col in groups else np.full(len(groups), np.nan)
+        groups[GUARD_COLUMN] = guard_notes(vals, eligible, guard, bound)
+        eligible = eligible & (groups[GUARD_COLUMN] == "").to_numpy()
     obj = list(objectives)
-    ok = groups.index[groups["n"] > 0]
+    ok = groups.index[eligible]
     if obj and len(ok) and all(f"{n}/mean" in groups for n in obj):
         vals = groups.loc[ok, [f"{n}/mean" for n in obj]].to_numpy(dtype=np.float64)
         groups.loc[ok, "pareto_rank"] = non_dominated_ranks(vals, [objectives[n] for n in obj])
@@ -573,6 +720,11 @@ class StudyTables:
     @property
     def objectives(self) -> dict[str, str]:
         return {o["name"]: o["mode"] for o in self.meta.get("objectives", [])}
+
+    @property
+    def front_guard(self) -> FrontGuard | None:
+        """The study's front guard (``study.json``'s ``front_guard``), or None."""
+        return FrontGuard.from_meta(self.meta.get("front_guard"))
 
 
 def write_tables(study_dir: str | os.PathLike[str], tables: StudyTables) -> dict[str, str]:

@@ -261,13 +261,14 @@ def _searcher(cfg: StudyConfig, objs: list[Objective]) -> Any:
     """``OptunaSearch`` over the study's space: a new Optuna study (in memory, or in
     ``optuna_storage``) with the objectives' directions and the explicit trials queued."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
-    from .search_space import SearchSpace, build_sampler
+    from .guarded_search import GuardedOptunaSearch
+    from .search_space import CONFIGURATION_ATTR, SearchSpace, build_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(cfg.optuna_storage) if cfg.optuna_storage else optuna.storages.InMemoryStorage()
     sampler = build_sampler(cfg.search, len(objs))
+    guard = cfg.guard()  # the front guard's constraint (tce_ray.front_guard), set on each trial before its tell
     try:
         study = optuna.create_study(
             storage=storage, sampler=sampler, study_name=cfg.name, directions=[o.direction for o in objs],
@@ -280,9 +281,9 @@ def _searcher(cfg: StudyConfig, objs: list[Objective]) -> Any:
     space = SearchSpace.from_config(cfg)
     space.enqueue(study)
     keys, modes = [o.key for o in objs], [o.mode for o in objs]  # Tune spells directions "max"/"min"
-    return OptunaSearch(
+    return GuardedOptunaSearch(
         space=space, metric=keys if len(keys) > 1 else keys[0], mode=modes if len(keys) > 1 else modes[0],
-        sampler=sampler, storage=storage, study_name=cfg.name,
+        sampler=sampler, storage=storage, study_name=cfg.name, guard=guard, configuration_attr=CONFIGURATION_ATTR,
     )
 
 
@@ -318,9 +319,10 @@ def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> S
 
     records = records_from_result_grid(grid)
     stopped = "stopped" if (cfg.scheduler and cfg.scheduler.asha) else "interrupted"
+    guard = cfg.guard()
     trials, history = collect_trials(records, modes, total_steps=cfg.run.train.steps, stopped_status=stopped,
-                                     default_seed=cfg.run.train.seed)
-    pareto = pareto_front(trials, modes) if len(trials) else trials
+                                     default_seed=cfg.run.train.seed, guard=guard)
+    pareto = pareto_front(trials, modes) if len(trials) else trials  # ranked with the guard by collect_trials
     class_names = [c[4:] for c in trials.columns if c.startswith("iou/")] if len(trials) else []
     meta = {
         "name": cfg.name,
@@ -330,6 +332,7 @@ def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> S
         "scheduler": "asha" if (cfg.scheduler and cfg.scheduler.asha) else None,
         "total_steps": cfg.run.train.steps,
         "seeds": list(cfg.search.seeds) if cfg.search.seeds else None,
+        "front_guard": guard.to_meta() if guard else None,
         "config": cfg.file_dict(),
     }
     path = cfg.experiment_path()
@@ -337,7 +340,7 @@ def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> S
     report = build_report(path)  # writes groups.parquet too
     files["report"] = report
     files["groups"] = path.rstrip("/") + "/groups.parquet"
-    groups = group_table(trials, modes) if len(trials) else None
+    groups = group_table(trials, modes, guard) if len(trials) else None
     return StudyResult(cfg.name, path, trials, pareto, history, report, files, modes, groups)
 
 

@@ -31,26 +31,33 @@ cached weights, puts the failed reports back in its buffer and sends them at the
 
 Weight lag (how old the weights a worker samples with may be). Number the steps a worker
 trains 1, 2, ...; after step ``n`` the loop calls ``report`` and ``step``. Let ``S`` be
-``sync_every`` (``TrainSpec.weight_sync_every``), ``P`` the DataLoader prefetch depth
+``sync_every`` (``TrainSpec.weight_sync_every``) and ``P`` the DataLoader prefetch depth
 (``prefetch_factor * loader_workers`` = 2 per loader process, 0 without loader processes:
-the sampler then draws each batch when the step starts) and ``R`` the number of steps a
-``get_weights`` reply takes to be picked up (1 on an idle actor: the request leaves at the
-end of a step and its reply is read at the first read after it lands; more while the actor
-is busy, and while it is down the previous weights stay in use). At every ``S``-th step the
-client sends its buffered reports and asks for weights in one call, so those weights
-contain those reports (and every earlier call of this worker: one caller's calls to an
-actor run in submission order). The sampler draws the
-batch of step ``n`` during step ``n - P`` (after step ``n - 1 - P``), with cached weights
-whose request left after step ``i``, of age ``a = (n - 1 - P) - i`` with ``a <= S - 1 + R``
-(``S`` in the steady state). So the batch of step ``n`` is drawn with weights that contain
-this worker's reports of steps ``1 .. n - 1 - L`` and miss those of the ``L = P + a <= P + S - 1 + R``
-steps before ``n`` (steady state ``P + S``; e.g. ``S = 1`` without loader processes:
-the weights miss only step ``n - 1``'s report). Other workers' reports are at most ``S - 1``
-steps staler still (they are sent at their own sync points; the workers are in lock-step
-through DDP) plus the time their calls wait behind at most ``max_inflight`` outstanding
-ones when the actor falls behind. :attr:`WeightClient.max_weight_age_steps` measures the
-largest ``a``; the training loop reports it as ``weights_age_steps_max`` and ``L``'s bound
-``a + P`` as ``weights_lag_bound_steps``.
+the sampler then draws each batch when the step starts). At every ``S``-th step the client
+sends its buffered reports and asks for weights in one call, so the weights of the call
+issued after step ``i`` contain this worker's reports of steps ``1 .. i`` (one caller's calls
+to an actor run in submission order). The DataLoader draws the batch of step ``n`` when it
+hands out batch ``n - P``, i.e. at client step ``n - 1 - P`` (the first ``P`` batches when
+the iterator starts, at client step 0, which is later), reading the cached weights of age ``a`` (client steps since their
+request left; :attr:`WeightClient.max_weight_age_steps` is the largest ``a`` read). So the
+batch of step ``n`` misses this worker's reports of at most the
+
+    L <= P + a  <=  P + a_max        steps before it (its *lag*).
+
+``a`` has no bound in ``S`` alone: ``a <= S - 1 + R`` where ``R >= 1`` is the number of
+steps a reply takes to be picked up: 1 when the actor answers within a step, more when
+steps are shorter than the actor's round trip, while the actor is busy or restarting, and
+while ``max_inflight`` calls are outstanding (syncs are then skipped and the reports wait
+in the buffer). Measured here (``tests/test_weights_actor.py``, steps of ~0.1 ms, a local
+actor): ``S = 1, P = 0`` gave a lag of 26 steps, not ``P + S = 1``. The bound that holds is
+therefore the measured one: the training loop reports ``weights_age_steps_max`` (``a_max``,
+the maximum over all workers) and ``weights_lag_bound_steps`` = ``a_max + P``. It holds for
+every report delivered by its first call; reports put back after an actor error
+(``actor_errors`` > 0) arrive with a later call, and reports dropped from a full buffer
+(``tilt_reports_dropped``) never. Other workers' reports are applied in the order their calls
+reach the actor: one of theirs from step ``m`` is in the weights of this worker's calls that
+reach the actor after theirs of the sync point at or after ``m`` (at most ``S - 1`` steps
+later, then their call's own latency); no step bound holds for them either.
 
 Concurrent reports from several workers arrive in any order, so multi-worker runs are not
 bit-for-bit reproducible.

@@ -46,9 +46,11 @@ this attempt but its first; ``steps_timed`` of them), ``world_size``, ``restored
 TCE: ``weights/<class>``, ``weight_updates``, ``weight_state_hash`` (of the checkpointed
 state), ``restored_weight_hash`` (of the actor's state right after the restore),
 ``weights_age_steps_max`` and ``weights_lag_bound_steps`` (see ``tce_ray.weights_actor``),
-``tilt_reports_skipped`` and ``actor_errors``; for every class-drawn run (stochastic TCE,
-rare-class sampling): ``drawn_class_missing``, the share of the images of class-drawn
-batches whose training crop holds no pixel of the drawn class (all workers, this attempt).
+``tilt_reports_skipped``, ``tilt_reports_dropped`` and ``actor_errors``: these counters are
+reduced over all workers before the report (sums; the age and the bound: the maximum over
+workers), :func:`tilt_counters`; for every class-drawn run (stochastic TCE, rare-class
+sampling): ``drawn_class_missing``, the share of the images of class-drawn batches whose
+training crop holds no pixel of the drawn class (all workers, this attempt).
 
 Debug options (TEST-ONLY, ``config["debug"]``, passed as ``debug=`` to
 ``build_trainer`` / ``run_training``): :class:`FaultInjection`. Without them the loop's
@@ -78,7 +80,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from tce_ray.checkpointing import CHECKPOINT_FORMAT, load_training_state, save_training_state
 from tce_ray.data import build_dataset
-from tce_ray.evaluation import all_reduce_sum, evaluate_confusion, evaluation_metrics, make_val_loader
+from tce_ray.evaluation import all_reduce_counters, all_reduce_sum, evaluate_confusion, evaluation_metrics, make_val_loader
 from tce_ray.live_metrics import LiveMetrics
 from tce_ray.losses import class_ce
 from tce_ray.models import deeplabv3plus
@@ -400,13 +402,8 @@ class TiltFeedback:
         if not client.drain(timeout_s=60.0):
             logger.warning("rank %d: some tilt reports did not reach the actor before step %d's checkpoint", self.rank, step)
         _barrier()  # every rank's reports are in before rank 0 reads the state
-        metrics.update(
-            restored_weight_hash=self.restored_hash,
-            weights_age_steps_max=client.max_weight_age_steps,
-            weights_lag_bound_steps=client.max_weight_age_steps + self.prefetch_depth,
-            tilt_reports_skipped=self.skipped_reports,
-            actor_errors=client.actor_errors,
-        )
+        metrics.update(restored_weight_hash=self.restored_hash)
+        metrics.update(tilt_counters(self.skipped_reports, client, self.prefetch_depth))
         if self.rank != 0:
             return None
         weight_state = call_with_retry(client.actor.state_dict)
@@ -417,6 +414,22 @@ class TiltFeedback:
         metrics["weight_updates"] = int(weight_state["num_updates"])
         metrics["weight_state_hash"] = state_hash(weight_state)
         return weight_state
+
+
+def tilt_counters(skipped_reports: int, client: Any, prefetch_depth: int) -> dict[str, int]:
+    """The counters of stochastic TCE over ALL workers (a collective; every rank calls it at
+    each report, so rank 0's metrics, the ones Ray Train keeps, hold the run's totals):
+    ``tilt_reports_skipped`` (steps whose crop cut the drawn class out), ``tilt_reports_dropped``
+    (reports lost to a full client buffer) and ``actor_errors``, summed; ``weights_age_steps_max``,
+    the largest weight age ``a`` of any worker; ``weights_lag_bound_steps`` = that + ``P``
+    (``prefetch_depth``), the bound on the lag ``L`` (see ``tce_ray.weights_actor``)."""
+    c = all_reduce_counters(
+        sums={"tilt_reports_skipped": int(skipped_reports), "tilt_reports_dropped": int(client.reports_dropped),
+              "actor_errors": int(client.actor_errors)},
+        maxes={"weights_age_steps_max": int(client.max_weight_age_steps)},
+    )
+    c["weights_lag_bound_steps"] = int(c["weights_age_steps_max"]) + int(prefetch_depth)
+    return c
 
 
 def _class_index(train_ds, cache_dir: str | None, rank: int) -> ClassIndex:

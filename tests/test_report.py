@@ -362,3 +362,78 @@ def test_report_matches_its_golden_file(tmp_path, study):
     d = _write_paper_study(tmp_path) if study == "paper" else _write_seed_study(tmp_path)
     build_report(d)
     assert (d / "report.md").read_text(encoding="utf-8") == (GOLDEN / f"report_{study}.md").read_text(encoding="utf-8")
+
+
+def test_reference_comparisons_match_scipy_and_hand_values():
+    """Each configuration against the MCCE group over seeds: Welch p as scipy computes it,
+    the criteria per seed by hand (K = 4: the sorted bottom 25 % is the one class d)."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from tce_ray.results import reference_comparisons
+
+    trials, _ = collect_trials(_seed_records(), OBJECTIVES, total_steps=4)
+    comp = reference_comparisons(trials, n_resamples=2000)
+    tce = comp[comp["label"] == "tce_stochastic t=1 γ=0.1 [#1]"].set_index("criterion")
+    mc, tc = np.array(MCCE_SEEDS) * 100, np.array(TCE_SEEDS) * 100
+    hand = {
+        "miou": (tc.mean(axis=1), mc.mean(axis=1)),
+        "worst": (tc.min(axis=1), mc.min(axis=1)),
+        "sorted_bottom25": (tc[:, 3], mc[:, 3]),  # d: the reference's lowest mean IoU
+        "std": (tc.std(axis=1, ddof=1), mc.std(axis=1, ddof=1)),
+    }
+    for k, (a, b) in hand.items():
+        r = tce.loc[k]
+        assert (r["n"], r["n_ref"]) == (3, 3)
+        assert r["diff"] == pytest.approx(a.mean() - b.mean())
+        assert r["p_welch"] == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-6)
+        assert r["ci_low"] <= r["diff"] <= r["ci_high"]
+    # one seed against three: a difference, no p, no interval
+    one = comp[comp["label"] == "tce_class t=0.123"].set_index("criterion")
+    assert one.loc["miou", "n"] == 1 and np.isnan(one.loc["miou", "p_welch"]) and np.isnan(one.loc["miou", "ci_low"])
+    # no MCCE group: no comparisons
+    no_ref = trials[trials["config/loss/name"] != "mcce"]
+    assert reference_comparisons(no_ref).empty
+
+
+def test_report_significance_section_and_partial_trials_with_their_step(tmp_path):
+    from tce_ray.report import partial_status
+
+    d = _write_seed_study(tmp_path)
+    build_report(d)
+    text = (d / "report.md").read_text()
+    sec = text[text.index("## Against the MCCE reference, over seeds"):text.index("## Trials")]
+    row = next(ln for ln in sec.splitlines() if ln.startswith("| tce_stochastic t=1 γ=0.1 [#1] | 3 | 3 |"))
+    assert "+2.75 (p=" in row  # Δ mIoU: 55.25 - 52.50
+    assert "| tce_class t=0.123 | 1 | 3 | -8.75 (n/a) |" in sec
+    assert "| interrupted at step 2 |" in text
+    assert "seed=4 (interrupted at step 2) |" in text  # per-class and Table 3 rows
+    assert partial_status({"status": "stopped", "step": 400.0}, 1200) == "stopped at step 400/1200"
+    assert partial_status({"status": "completed", "step": 1200}, 1200) == "completed"
+    assert partial_status({"status": "interrupted", "step": float("nan")}) == "interrupted"
+
+
+def test_report_marks_trials_the_front_guard_keeps_off(tmp_path):
+    """A one-class model (worst 0, std ~0) is in the trials table with the reason and not
+    on the front; the summary states the bound."""
+    from tce_ray.front_guard import FrontGuard
+
+    guard = FrontGuard(reference=0, max_drop=0.05)
+    one = np.zeros(len(SEED_CLASSES))
+    one[0] = 0.004
+    recs = _seed_records() + [_seed_record("one", {"name": "focal"}, one, 2, 0, 20)]
+    trials, history = collect_trials(recs, OBJECTIVES, total_steps=4, guard=guard)
+    meta = {"name": "g", "objectives": [{"name": k, "mode": v} for k, v in OBJECTIVES.items()],
+            "front_guard": guard.to_meta(), "total_steps": 4}
+    d = tmp_path / "g"
+    write_tables(d, StudyTables(trials, history, pareto_front(trials, OBJECTIVES), meta))
+    build_report(d)
+    text = (d / "report.md").read_text()
+    bound = np.mean(np.array(MCCE_SEEDS).mean(axis=1)) - 0.05
+    assert f"(bound {bound:.4f}, from 3 completed reference trials)" in text
+    row = next(ln for ln in text.splitlines() if "| one |" in ln)
+    assert row.endswith(f"| – | violates front guard (mIoU 0.0010 < bound {bound:.4f}) |")
+    front = text[text.index("## Pareto front"):]
+    front = front[:front.index("\n## ", 3)]
+    assert "| one |" not in front and "front guard lets through" in front
+    assert "| interrupted at step 2/4 |" in text
+    groups = pd.read_parquet(d / "groups.parquet").set_index("label")
+    assert groups.loc["focal [#2]", "pareto_rank"] == -1

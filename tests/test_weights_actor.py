@@ -265,3 +265,44 @@ def test_client_survives_actor_kill_and_restart_reloads_snapshot(ray_session, tm
         assert_same_state(call_with_retry(actor.state_dict), reference_state(pairs).state_dict())
     finally:
         ray.kill(actor)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sync_every,prefetch,step_s", [(1, 0, 0.0), (3, 2, 0.0), (4, 4, 0.002)])
+def test_measured_lag_never_exceeds_the_stated_bound(ray_session, sync_every, prefetch, step_s):
+    """The lag L of a batch (this worker's reports missing from the weights it was drawn
+    with) against the bound the module states and the loop reports: L <= P + a_max
+    (``weights_lag_bound_steps``). One worker, one report per step: the weights' version
+    (num_updates) is the number of its reports they contain, so L_n = (n - 1) - version.
+    The draws follow a DataLoader with P batches of prefetch: P at iterator creation, then
+    batch n + P when batch n is handed out."""
+    from collections import deque
+
+    name = f"lag-{sync_every}-{prefetch}"
+    actor = create_weight_actor(name, num_classes=K, t=1.0, gamma=0.5, drawable=DRAWABLE)
+    try:
+        client = WeightClient(name, sync_every=sync_every)
+        drawn: deque[int] = deque()
+
+        def draw() -> None:
+            _ = client.weights  # what the sampler reads (and where the age is measured)
+            drawn.append(client.version)
+
+        for _ in range(prefetch):
+            draw()
+        lags = []
+        for n in range(1, 61):
+            draw()
+            lags.append((n - 1) - drawn.popleft())
+            time.sleep(step_s)
+            client.report(n % 4 if n % 4 != 3 else 0, 1.0 + 0.01 * n)
+            client.step()
+            if n == 30:
+                assert client.drain(timeout_s=30)  # a checkpoint in the middle
+        bound = prefetch + client.max_weight_age_steps
+        assert min(lags) >= 0 and max(lags) > 0, lags
+        assert max(lags) <= bound, (lags, client.stats())
+        assert client.stats()["actor_errors"] == 0
+    finally:
+        ray_session.kill(actor)
