@@ -243,16 +243,26 @@ def build_splits(data: DataSpec) -> tuple[Any, Any]:
     return train, val
 
 
-def _data_key(exc: BaseException) -> str:
+def _data_key(exc: BaseException, data: DataSpec) -> str:
+    """The key of ``data`` a build error is about: an option, the crop, the scale range,
+    else the root (a file data set's files) or the section."""
+    import re
+
+    from .data import _accepted_options
+
     text = str(exc)
     if isinstance(exc, TypeError) and "option" in text:
         return "data.options"
     for key in ("crop_size", "scale_range"):
-        if key in text:
+        if re.search(rf"\b{key}\b\s*(must|=)", text):
             return f"data.{key}"
-    if "root" in text:
-        return "data.root"
-    return "data.options" if any(k in text for k in ("num_images", "image_size", "downscale", "seed")) else "data"
+    try:
+        options = [o for o in _accepted_options(data.name) if o not in ("crop_size", "scale_range", "augment")]
+    except Exception:  # a plugin's builder without a signature to read
+        options = list(data.options)
+    if any(re.search(rf"\b{re.escape(o)}\b\s*(must|=)", text) for o in options):  # "num_images must be ..."
+        return "data.options"
+    return "data.root" if data.root else "data"
 
 
 def _check_labels(ds: Any, i: int) -> str | None:
@@ -276,12 +286,13 @@ def _check_data(run: RunSpec, prefix: str, where: _Where, cache_dir: str | None,
     """Build and sample both splits of ``run.data``; returns (training set, a summary)."""
     d, tr = run.data, run.train
     key = (lambda k: f"{prefix}.{k}" if prefix else k)
+    files = "data.root" if d.root else "data"  # the key a bad file is about
     if d.root and is_uri(d.root):
         return None, f"data {d.name} (remote root, checked by the workers)"
     try:
         train, val = build_splits(d)
     except Exception as exc:  # the builders raise ValueError / TypeError / FileNotFoundError / OSError
-        raise where.error(key(_data_key(exc)), f"cannot build the {d.name} data set: {_one_line(exc)}") from None
+        raise where.error(key(_data_key(exc, d)), f"cannot build the {d.name} data set: {_one_line(exc)}") from None
     if tuple(train.class_names) != tuple(val.class_names):
         raise where.error(key("data.val_split"), (
             f"the train split {d.train_split!r} has classes {list(train.class_names)} but the val split "
@@ -297,15 +308,15 @@ def _check_data(run: RunSpec, prefix: str, where: _Where, cache_dir: str | None,
         try:
             image, mask = ds[0]
         except Exception as exc:
-            raise where.error(key(_data_key(exc)), (
+            raise where.error(key(_data_key(exc, d)), (
                 f"reading image 0 of {d.name}/{split} failed: {_one_line(exc)}")) from None
         if image.ndim != 3 or image.shape[0] != 3 or tuple(mask.shape) != tuple(image.shape[1:]):
-            raise where.error(key("data"), (
+            raise where.error(key(files), (
                 f"{d.name}/{split} gives an image of shape {tuple(image.shape)} and a mask of shape "
                 f"{tuple(mask.shape)}; expected [3, H, W] and [H, W]"))
         problem = _check_labels(ds, 0)
         if problem:
-            raise where.error(key("data"), f"{d.name}/{split}: {problem}")
+            raise where.error(key(files), f"{d.name}/{split}: {problem}")
     if d.verify:
         from .data.verify import DataCheckError
 
@@ -313,7 +324,7 @@ def _check_data(run: RunSpec, prefix: str, where: _Where, cache_dir: str | None,
             try:
                 cached_verify(ds, cache_dir, progress=progress)
             except DataCheckError as exc:
-                raise where.error(key("data"), _one_line(exc, 600)) from None
+                raise where.error(key(files), _one_line(exc, 600)) from None
     verified = "verified" if d.verify else "not verified (data.verify: false)"
     return train, f"data {d.name} (train {len(train)}, val {len(val)} images, {verified})"
 
@@ -364,7 +375,8 @@ def _check_model(model: ModelSpec, num_classes: int, prefix: str, where: _Where)
         if not model.backbone_weights:
             raise where.error(key("model"), f"cannot build the model: {text}") from None
         if not isinstance(exc, (FileNotFoundError, ValueError)):  # torch.load of a file that is no state dict
-            text = (f"cannot load the backbone_weights file {model.backbone_weights!r} ({type(exc).__name__}: {text}); "
+            text = (f"cannot load the backbone_weights file {model.backbone_weights!r}: torch.load(weights_only=True) "
+                    f"cannot read it ({type(exc).__name__}: not a file torch.save wrote, or one holding more than tensors); "
                     "give a torchvision state-dict file (torch.save(model.state_dict(), path))")
         raise where.error(key("model.backbone_weights"), text) from None
     try:
