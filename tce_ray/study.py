@@ -226,16 +226,17 @@ def _lock_study_folder(cfg: StudyConfig, force: bool) -> Any:
 def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, address: str | None, dashboard: bool,
                 progress: bool, connect_timeout_s: float | None) -> StudyResult:
     """The study once its folder is locked: Ray, the tuner, ``fit()``, the result files."""
-    from ray import tune
-
     from .ray_env import DEFAULT_CONNECT_TIMEOUT_S, ClusterUnreachable, cluster_problem, ensure_ray, pickle_by_value, shipped_plugins
-    from .tune_callbacks import progress_callback
 
-    try:
+    try:  # an unreachable cluster address fails here, before Ray is even imported
         local = ensure_ray(address, dashboard, quiet=not progress,
                            connect_timeout_s=DEFAULT_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s)
     except ClusterUnreachable as exc:
         raise StudyError(str(exc)) from None
+    from ray import tune
+
+    from .tune_callbacks import progress_callback
+
     problem = cluster_problem(cfg.run.train)
     if problem and local:
         raise StudyError(problem)
