@@ -194,12 +194,20 @@ def _gpu_count() -> int:
         return 0
 
 
+def _machine_cpus() -> int:
+    """The CPUs this process may use (its affinity mask, as a local Ray counts them)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _check_resources(cfg: StudyConfig, address: str | None, where: _Where, report: PreflightReport,
                      cpu_count: int | None = None, gpu_count: Callable[[], int] = _gpu_count) -> None:
     if address or os.environ.get("RAY_ADDRESS") or _ray_running():
         return  # a cluster (or a Ray set up by the caller): ray_env.cluster_problem checks it once joined
     tr = cfg.run.train
-    cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    cpus = cpu_count if cpu_count is not None else _machine_cpus()
     need = tr.num_workers * tr.cpus_per_worker
     if need > cpus + 1e-9:
         raise where.error("train.cpus_per_worker", (
