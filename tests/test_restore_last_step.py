@@ -129,3 +129,22 @@ def test_restored_before_the_last_step_trains_the_rest(fake_train, tmp_path):
     set_checkpoint(step2)
     out = wl.train_loop_per_worker(config)
     assert out["start_step"] == 2 and [m["step"] for m, _ in reports] == [3]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_ray_train_run_restored_at_its_last_step_reports_once(ray_session, tmp_path):
+    """End to end on Ray Train: a finished run started again under the same name and storage
+    (as a Tune trial restored after a hard kill of the study) restores the checkpoint of its
+    last step, trains nothing, and still ends with its final metrics."""
+    from tce_ray.train import run_training
+
+    run = _run()
+    first = run_training(run, name="done", storage_path=str(tmp_path))
+    assert first.error is None and first.metrics["step"] == 2 and first.metrics["restored_from_step"] == -1
+    again = run_training(run, name="done", storage_path=str(tmp_path))
+    assert again.error is None
+    m = again.metrics
+    assert m is not None and m["step"] == 2 and m["restored_from_step"] == 2
+    assert m["miou"] == pytest.approx(first.metrics["miou"], abs=1e-12)
+    assert list(again.metrics_dataframe["step"])[-1] == 2
