@@ -28,6 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {"name": "synthetic", "options": {"num_images": 6, "image_size": [32, 32]}, "loader_workers": 0}
 
 
+@pytest.fixture(autouse=True)
+def _local_ray(monkeypatch):
+    """The resource checks apply to a local Ray this study would start: not to the Ray an
+    earlier test of the session initialised, nor to a RAY_ADDRESS cluster."""
+    import tce_ray.preflight as pf
+
+    monkeypatch.setattr(pf, "_ray_running", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
 def study(**sections) -> dict:
     base = {
         "name": "pf", "data": dict(TINY), "model": {"backbone": "tiny"},
@@ -197,6 +207,14 @@ def test_one_trial_needs_more_cpus_than_the_machine(tmp_path):
 def test_a_cluster_address_skips_the_local_resource_check(tmp_path):
     data = study(train={"num_workers": 3, "cpus_per_worker": 1})
     rep = check(data, tmp_path, cpu_count=2, address="10.0.0.1:6379")
+    assert not any(c.startswith("resources") for c in rep.checked)
+
+
+def test_a_ray_already_running_skips_the_local_resource_check(tmp_path, monkeypatch):
+    import tce_ray.preflight as pf
+
+    monkeypatch.setattr(pf, "_ray_running", lambda: True)  # run_study then uses that Ray as it is
+    rep = check(study(train={"num_workers": 3, "cpus_per_worker": 1}), tmp_path, cpu_count=2)
     assert not any(c.startswith("resources") for c in rep.checked)
 
 
