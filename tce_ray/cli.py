@@ -1,30 +1,82 @@
 """The study command: ``python -m tce_ray.study PATH [--storage DIR] [--resume] ...``.
 
-Validates the file first (no Ray is imported for that), then runs :func:`tce_ray.study.run_study`.
-Exit codes: 0 done (failed trials are reported, not fatal), 2 invalid study or arguments,
-1 the study could not run, 130 interrupted.
+Validates the file, then checks what every trial needs (:mod:`tce_ray.preflight`; no Ray
+is imported for either), then runs :func:`tce_ray.study.run_study`. The exit codes
+(:data:`EXIT_CODES`) are listed in ``--help`` and the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterable, Sequence
 
 from .config import ConfigError, load_config
 
-__all__ = ["build_parser", "main"]
+__all__ = [
+    "build_parser", "main", "exit_code", "EXIT_CODES",
+    "EXIT_OK", "EXIT_NOT_RUN", "EXIT_BAD_INPUT", "EXIT_SOME_FAILED", "EXIT_ALL_FAILED", "EXIT_INTERRUPTED",
+]
+
+EXIT_OK = 0
+EXIT_NOT_RUN = 1
+EXIT_BAD_INPUT = 2
+EXIT_SOME_FAILED = 3
+EXIT_ALL_FAILED = 4
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "every planned trial completed (or was stopped early by the scheduler)",
+    EXIT_NOT_RUN: "the study could not run: results already there without --resume, nothing to resume, "
+                  "the study folder locked by another study, the Ray cluster unreachable",
+    EXIT_BAD_INPUT: "bad input, nothing ran: an invalid study file or arguments, or a preflight check failed "
+                    "(model, data, folders, resources) or damaged results",
+    EXIT_SOME_FAILED: "the study finished but some trials failed (see trials.parquet's error column)",
+    EXIT_ALL_FAILED: "the study finished and every trial failed",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGINT) or unfinished trials: continue with --resume",
+}
+"""Exit code -> its meaning (``--help`` and the README list them)."""
+
+_DONE = frozenset({"completed", "stopped"})
+_UNFINISHED = frozenset({"interrupted", "pending", "running"})
+
+
+def exit_code(statuses: Iterable[str], total: int) -> int:
+    """The exit code of a study that ran: its trials' ``status`` values against the
+    ``total`` planned. Unfinished trials (or fewer trials than planned) -> 130 (resume
+    possible), else all failed -> 4, some failed -> 3, else 0."""
+    statuses = list(statuses)
+    if any(s in _UNFINISHED for s in statuses) or len(statuses) < total:
+        return EXIT_INTERRUPTED
+    failed = sum(s not in _DONE for s in statuses)
+    if failed and failed == len(statuses):
+        return EXIT_ALL_FAILED
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _epilog() -> str:
+    codes = "\n".join(textwrap.fill(text, 88, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
+                      for code, text in EXIT_CODES.items())
+    return (
+        "exit codes:\n" + codes + "\n\n"
+        "example: python -m tce_ray.study studies/synthetic_fairness.yaml  (the built-in data, ~20 min on 2 cores)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .ray_env import DEFAULT_CONNECT_TIMEOUT_S  # no Ray imported by this module
+
     p = argparse.ArgumentParser(
         prog="python -m tce_ray.study",
         description=(
             "Run a TCE hyper-parameter study (Ray Tune + Optuna) described by a YAML file. "
-            "The file is validated before Ray starts. Results: <storage>/<name>/ with "
+            "The file is validated, and the model, the data and the folders every trial needs are checked, "
+            "before Ray starts. Results: <storage>/<name>/ with "
             "trials.parquet, pareto.parquet, history.parquet, report.md and plots/."
         ),
-        epilog="Example: python -m tce_ray.study studies/synthetic_fairness.yaml  (the built-in data, ~20 min on 2 cores)",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", metavar="PATH", help="the study's YAML file (see studies/*.yaml)")
     p.add_argument("--storage", metavar="DIR",
@@ -34,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "unfinished ones continue from their last checkpoint")
     p.add_argument("--address", metavar="ADDR",
                    help="connect to this Ray cluster (e.g. 10.0.0.1:6379 or 'auto'); default: RAY_ADDRESS, else a local Ray")
+    p.add_argument("--connect-timeout", metavar="S", type=_positive_float, default=DEFAULT_CONNECT_TIMEOUT_S,
+                   help=f"seconds to wait for the cluster at --address / RAY_ADDRESS to answer before giving up "
+                        f"(exit 1; default {DEFAULT_CONNECT_TIMEOUT_S:g})")
+    p.add_argument("--force-unlock", action="store_true",
+                   help="replace the study folder's lock left by a study that no longer runs (a lock object on "
+                        "remote storage; a local lock ends with its process and needs nothing)")
     p.add_argument("--dashboard", action="store_true",
                    help="start the local Ray with its dashboard on 127.0.0.1 (port 8265 or the next free one; Ray's token "
                         "auth kept: the token is in ~/.ray/auth_token), print its URL, "
@@ -42,26 +100,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # exits 2 on bad arguments
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
         if args.storage is not None:
             cfg = cfg.model_copy(update={"storage": args.storage})
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from .study import StudyError, run_study  # Ray is imported from here on
+        return EXIT_BAD_INPUT
+    from .study import StudyError, run_study  # Ray is imported by run_study, after the preflight
 
     try:
-        run_study(cfg, resume=args.resume, address=args.address, dashboard=args.dashboard, progress=not args.quiet)
+        result = run_study(cfg, resume=args.resume, address=args.address, dashboard=args.dashboard,
+                           progress=not args.quiet, force_unlock=args.force_unlock,
+                           connect_timeout_s=args.connect_timeout, file=args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_NOT_RUN
+    statuses = list(result.trials["status"]) if len(result.trials) else []
+    code = exit_code(statuses, cfg.search.total_trials())
+    if code != EXIT_OK:
+        print(f"exit {code}: {EXIT_CODES[code]}", file=sys.stderr)
+    return code

@@ -9,22 +9,96 @@ groups of trials stopped early through it), the UI bound to 127.0.0.1.
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .registry import plugin_snapshot, snapshot_modules
 from .runspec import TrainSpec
 
-__all__ = ["ensure_ray", "max_concurrent", "cluster_problem", "pickle_by_value", "shipped_plugins"]
+__all__ = [
+    "ensure_ray", "max_concurrent", "cluster_problem", "pickle_by_value", "shipped_plugins",
+    "wait_for_address", "ClusterUnreachable", "DEFAULT_CONNECT_TIMEOUT_S",
+]
+
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+"""How long ``--address HOST:PORT`` is waited for (``--connect-timeout``)."""
+
+
+class ClusterUnreachable(RuntimeError):
+    """The Ray cluster at the given address did not answer in time; ``str(err)`` is one line."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT`` or ``ray://HOST:PORT`` (None for ``auto``, ``local``
+    or an address without a port, which Ray resolves itself)."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    rest = rest.split("/", 1)[0]
+    if rest in ("auto", "local") or ":" not in rest:
+        return None
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+def wait_for_address(
+    address: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, *,
+    say: Callable[[str], None] | None = None, poll_s: float = 0.5,
+) -> None:
+    """Wait until something listens at ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``), at
+    most ``timeout_s`` seconds, before ``ray.init`` is called (which can wait for minutes
+    and does not stop on Ctrl-C while it does). Raises :class:`ClusterUnreachable` (one
+    line). Ctrl-C stops the wait (KeyboardInterrupt): it waits in short socket timeouts
+    and sleeps. ``say`` gets one line when the first attempt fails (default: stderr)."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    host, port = hp
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    said = False
+    last: BaseException | None = None
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=max(0.05, min(2.0, left))):
+                return
+        except socket.gaierror as exc:
+            raise ClusterUnreachable(
+                f"cannot resolve the Ray cluster's host {host!r} ({exc.strerror or exc}); check --address / RAY_ADDRESS"
+            ) from None
+        except OSError as exc:
+            last = exc
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if not said:
+            said = True
+            (say or (lambda m: print(m, file=sys.stderr, flush=True)))(
+                f"waiting for the Ray cluster at {host}:{port} (up to {timeout_s:g} s; Ctrl-C stops)")
+        time.sleep(min(poll_s, left))
+    why = getattr(last, "strerror", None) or last or "no answer"
+    raise ClusterUnreachable(
+        f"no Ray cluster answers at {host}:{port} after {timeout_s:g} s ({why}); start it (ray start --head "
+        f"--port {port}) or fix --address / RAY_ADDRESS (--connect-timeout S waits longer)"
+    )
 
 _BY_REFERENCE = ("tce_ray", "numpy", "torch")
 """Top-level packages always pickled by reference (installed on every node)."""
 
 
-def ensure_ray(address: str | None, dashboard: bool, *, quiet: bool = False) -> bool:
+def ensure_ray(
+    address: str | None, dashboard: bool, *, quiet: bool = False, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+) -> bool:
     """Initialise Ray unless it is; True when the Ray in use is a local one we started
-    (or one this process had started), False for a cluster we connected to."""
+    (or one this process had started), False for a cluster we connected to. A cluster
+    address that does not answer within ``connect_timeout_s`` raises :class:`ClusterUnreachable`."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and not ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        wait_for_address(address, connect_timeout_s)
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -37,7 +111,6 @@ def ensure_ray(address: str | None, dashboard: bool, *, quiet: bool = False) -> 
         if dashboard and not quiet:
             print("Ray was already initialised here; its dashboard (if any) is unchanged.")
         return True
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ctx = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:

@@ -138,6 +138,10 @@ class DataSpec(_Strict):
     scale_range: tuple[float, float] = (0.5, 2.0)
     loader_workers: int = Field(2, ge=0)
     """DataLoader processes per training worker."""
+    verify: bool = True
+    """Before Ray starts (``tce_ray.preflight``): decode every image and check every label
+    map of both splits, once per data-set fingerprint (cached). ``false`` skips it (huge
+    data sets): a bad file then fails the trials that read it."""
 
     @field_validator("name")
     @classmethod

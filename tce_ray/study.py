@@ -162,14 +162,24 @@ def run_study(
     address: str | None = None,
     dashboard: bool = False,
     progress: bool = True,
+    check: bool = True,
+    force_unlock: bool = False,
+    connect_timeout_s: float | None = None,
+    file: str | os.PathLike[str] | None = None,
 ) -> StudyResult:
     """Run (or with ``resume=True`` continue) a study; returns its tables and paths.
 
     ``objectives`` overrides the config's: registry names, ``"module:function"`` or
     :class:`~tce_ray.objectives.Objective` objects (registered on the fly; objectives the
     workers cannot import are computed from each report's ``iou/<class>`` values).
-    ``storage`` overrides ``config.storage``. Raises :class:`ConfigError` for an invalid
-    study and :class:`StudyError` when it cannot run as asked.
+    ``storage`` overrides ``config.storage``. Before Ray starts: ``check`` runs
+    :func:`tce_ray.preflight.preflight` (``file``: the study file, for line numbers;
+    default: ``config`` when it is a path), then the study folder is locked
+    (:mod:`tce_ray.study_lock`; ``force_unlock`` replaces a lock object another study
+    left on remote storage). ``connect_timeout_s``: how long a cluster ``address`` is
+    waited for. Raises :class:`ConfigError` for an invalid study (a
+    :class:`~tce_ray.preflight.PreflightError` when a trial could not work) and
+    :class:`StudyError` when it cannot run as asked.
     """
     cfg = _coerce_config(config)
     storage = os.fspath(storage) if storage is not None else cfg.storage
@@ -177,13 +187,56 @@ def run_study(
     objs = resolve_objectives(list(objectives) if objectives is not None else cfg.run.objectives)
     if cfg.scheduler and cfg.scheduler.asha and cfg.scheduler.asha.metric not in _modes(objs):
         raise ConfigError(f"{cfg.scheduler.asha.metric!r} is not one of the objectives {list(_modes(objs))}", path="scheduler.asha.metric")
+    if check:
+        _preflight(cfg, file if file is not None else (config if isinstance(config, (str, os.PathLike)) else None),
+                   address, progress)
+    lock = _lock_study_folder(cfg, force_unlock)
+    try:
+        return _run_locked(cfg, objs, resume=resume, address=address, dashboard=dashboard, progress=progress,
+                           connect_timeout_s=connect_timeout_s)
+    finally:
+        lock.release()
 
+
+def _preflight(cfg: StudyConfig, file: Any, address: str | None, progress: bool) -> None:
+    """:func:`tce_ray.preflight.preflight` (no Ray yet): raises PreflightError, prints its summary."""
+    from .preflight import preflight, verify_cache_dir
+    from .run_state import storage_join
+
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
+    rep = preflight(cfg, file=os.fspath(file) if file is not None else None, address=address,
+                    cache_dir=verify_cache_dir(storage_join(cfg.experiment_path(), RUNS_DIR)), progress=say)
+    for w in rep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if progress:
+        print(rep.summary())
+
+
+def _lock_study_folder(cfg: StudyConfig, force: bool) -> Any:
+    """One writer per study folder (:func:`tce_ray.study_lock.acquire_study_lock`); a study
+    already running there (or a folder that cannot be used) raises StudyError."""
+    from .study_lock import StudyLockError, acquire_study_lock
+
+    try:
+        return acquire_study_lock(cfg.experiment_path(), force=force)
+    except StudyLockError as exc:
+        raise StudyError(str(exc)) from None
+
+
+def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, address: str | None, dashboard: bool,
+                progress: bool, connect_timeout_s: float | None) -> StudyResult:
+    """The study once its folder is locked: Ray, the tuner, ``fit()``, the result files."""
+    from .ray_env import DEFAULT_CONNECT_TIMEOUT_S, ClusterUnreachable, cluster_problem, ensure_ray, pickle_by_value, shipped_plugins
+
+    try:  # an unreachable cluster address fails here, before Ray is even imported
+        local = ensure_ray(address, dashboard, quiet=not progress,
+                           connect_timeout_s=DEFAULT_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s)
+    except ClusterUnreachable as exc:
+        raise StudyError(str(exc)) from None
     from ray import tune
 
-    from .ray_env import cluster_problem, ensure_ray, pickle_by_value, shipped_plugins
     from .tune_callbacks import progress_callback
 
-    local = ensure_ray(address, dashboard, quiet=not progress)
     problem = cluster_problem(cfg.run.train)
     if problem and local:
         raise StudyError(problem)

@@ -27,7 +27,8 @@ every worker runs it::
   the checkpoint (``tce_ray.checkpointing``) from rank 0 only.
 - restore: ``ray.train.get_checkpoint()``; rank 0 loads the checkpoint's class-weight state
   into the actor before anything trains (then a barrier), and the run continues to exactly
-  ``run.train.steps``.
+  ``run.train.steps``. Restored from the checkpoint of the last step, nothing is trained:
+  the restored model is evaluated and reported once (:func:`report_restored_end`).
 - a non-finite loss raises :class:`NonFiniteLossError` naming the step; it also leaves a
   marker file in the run's state directory so that the restarts Ray Train makes
   (``max_failures``; Ray Train V2 offers no hook to mark an error as not retryable) fail at
@@ -646,8 +647,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     w = setup_worker(config)
     tr = w.run.train
     step = w.start_step
-    batches = iter(w.loader)
     clock = StepClock()
+    if step >= tr.steps:  # restored from the checkpoint of the last step
+        report_restored_end(w, clock)
+    batches = iter(w.loader) if step < tr.steps else iter(())
     w.model.train()
     while step < tr.steps:
         images, masks = next(batches)
@@ -667,6 +670,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "step_times_s": clock.attempt_times,
         "step_cpu_times_s": clock.attempt_cpu_times,
     }
+
+
+def report_restored_end(w: Worker, clock: StepClock) -> None:
+    """An attempt restored from the checkpoint of the run's last step has nothing left to
+    train: the run had trained to the end, but its final report may never have reached Tune
+    (the driver or the trial was killed between the checkpoint and the report). Evaluate the
+    restored model and report once (with the same checkpoint), so that the trial completes
+    with its final metrics instead of ending with none. ``loss`` and the step times of that
+    report are NaN: no step ran in this attempt."""
+    tr = w.run.train
+    logger.info("restored from the checkpoint of the last step (%d): reporting its evaluation again", tr.steps)
+    evaluate_and_report(w, tr.steps, poly_lr(w.run.optim.lr, tr.steps - 1, tr.steps, w.run.optim.poly_power), clock)
 
 
 def train_step(w: Worker, images: torch.Tensor, masks: torch.Tensor, step: int) -> tuple[float, float]:

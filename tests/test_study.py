@@ -146,6 +146,7 @@ def test_cli_interrupted_then_resumed_does_not_rerun_finished_trials(ray_session
     out, _ = proc.communicate(timeout=180)
     lines.append(out)
     log1 = "".join(lines)
+    assert proc.returncode == 130, log1  # interrupted: resume possible (cli.EXIT_INTERRUPTED)
     study_dir = tmp_path / "smoke"
     before = _result_lines(study_dir)
     assert before[f"trial_{finished_id}"] == 2, log1  # steps 4, eval every 2: two reports
