@@ -3,8 +3,10 @@
 Files in ``<storage>/<name>/`` (a local folder or a URI pyarrow can write to):
 
 - ``trials.parquet``: one row per trial: ``trial_id``, ``label``, ``status`` (completed,
-  failed, stopped [by the scheduler], interrupted, pending), ``error`` (one line) and
-  ``error_detail``, ``configuration`` (index of the explicit configuration, -1 sampled),
+  failed, stopped [by the scheduler], interrupted, pending), ``error`` (one line: the
+  root exception's type and message), ``error_detail`` (its end, up to 20000 characters)
+  and ``error_file`` (the full traceback's file, ``trial_<id>/error.txt``),
+  ``configuration`` (index of the explicit configuration, -1 sampled),
   ``number`` (the Optuna trial number: creation order), ``seed`` (the trial's
   ``train.seed``), ``group`` (the key of its group, see below),
   the trial config flattened (``config/loss/name``, ``config/loss/t``, ...), the final
@@ -254,6 +256,8 @@ class TrialRecord:
     history: pd.DataFrame | None = None
     error: BaseException | str | None = None
     path: str = ""
+    error_file: str = ""
+    """Where the full error (traceback) of a failed trial was written (``error.txt``)."""
 
 
 def records_from_result_grid(grid: Any) -> list[TrialRecord]:
@@ -346,7 +350,8 @@ def _trial_outcome(
         status = "completed"
     else:
         status = stopped_status
-    return {"status": status, "error": error, "error_detail": detail, "path": rec.path}
+    return {"status": status, "error": error, "error_detail": detail, "error_file": rec.error_file if error else "",
+            "path": rec.path}
 
 
 def _trial_history(rec: TrialRecord, objectives: Mapping[str, str]) -> pd.DataFrame:

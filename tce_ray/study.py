@@ -118,10 +118,17 @@ def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
     from .train import run_training
     from .tune_callbacks import finite, make_report_callback, with_objectives
 
+    from .resume import read_final, write_final
+
+    trial_id = tune.get_context().get_trial_id()
+    done = read_final(setup.runs_storage, trial_id)
+    if done is not None:  # finished before a hard kill, restarted by the resume: report, do not train
+        tune.report(done)
+        return
     install_snapshot(setup.plugins)  # before the run is validated here and on the workers
     run = trial_run(setup.base_run, config)
     result = run_training(
-        run, name=tune.get_context().get_trial_id(), storage_path=setup.runs_storage,
+        run, name=trial_id, storage_path=setup.runs_storage,
         callbacks=[make_report_callback(setup.objectives)],
     )
     if getattr(result, "error", None) is not None:
@@ -133,6 +140,7 @@ def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
             f"objective(s) {', '.join(bad)} not finite at step {final.get('step')}: "
             f"{ {n: final.get(n) for n in bad} } (all classes absent, or a diverged run)"
         )
+    write_final(setup.runs_storage, trial_id, final)  # what a resume reports if Tune did not see the end
 
 
 # --------------------------------------------------------------------------- the study
@@ -210,10 +218,30 @@ def _restore_tuner(cfg: StudyConfig, trainable: Any, progress: bool) -> tune.Tun
     unfinished ones continue from their last checkpoint, errored ones stay failed."""
     from ray import tune
 
+    from .resume import IncompatibleStateError, check_experiment, keep_histories
+    from .results import DamagedResultsError, study_fs
+
     exp_path = cfg.experiment_path()
     if not tune.Tuner.can_restore(exp_path):
+        fs, base = study_fs(exp_path)
+        if fs.get_file_info(base).type.name != "NotFound":
+            raise DamagedResultsError(
+                exp_path, "not a study that can be resumed (no tuner.pkl / experiment_state-*.json of a Tune experiment)",
+                "give the --storage and study name of a study started with `python -m tce_ray.study`, or run without --resume",
+            )
         raise StudyError(f"nothing to resume at {exp_path}: no Tune experiment there; run without --resume")
-    tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+    try:
+        for w in check_experiment(exp_path):  # falls back past state files cut by a kill
+            print(f"warning: {w}", file=sys.stderr)
+        keep_histories(exp_path)  # Tune starts a restored trial's result.json afresh
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+    except IncompatibleStateError as exc:
+        raise StudyError(str(exc)) from None
+    except (AttributeError, ImportError) as exc:  # tuner.pkl's classes changed (an older tce-ray)
+        raise StudyError(
+            f"{exp_path}/tuner.pkl was saved by another version of tce-ray and does not load with this one "
+            f"({type(exc).__name__}: {exc}); this study cannot be resumed: run it again as a new study"
+        ) from None
     if progress:
         print(f"resuming {cfg.name} from {exp_path}")
     return tuner
@@ -225,6 +253,7 @@ def _new_tuner(cfg: StudyConfig, trainable: Any, objs: list[Objective], callback
     from ray import tune
 
     from .ray_env import max_concurrent
+    from .trial_history import HistoryKeeper
 
     exp_path = cfg.experiment_path()
     if tune.Tuner.can_restore(exp_path):
@@ -244,7 +273,7 @@ def _new_tuner(cfg: StudyConfig, trainable: Any, objs: list[Objective], callback
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=cfg.storage,
             failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=callbacks, verbose=0,
+            callbacks=[*callbacks, HistoryKeeper()], verbose=0,  # every report on the storage at once
         ),
     )
     if progress:
@@ -287,6 +316,13 @@ def _searcher(cfg: StudyConfig, objs: list[Objective]) -> Any:
 def _print_summary(result: StudyResult, total: int) -> None:
     counts = result.trials["status"].value_counts().to_dict() if len(result.trials) else {}
     print(f"done: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'no trials'}; report: {result.report}")
+    failed = result.failed()
+    if len(failed):
+        print(f"failed trials ({len(failed)}):")
+        for r in failed.to_dict("records"):
+            where = r.get("error_file") or r.get("path") or ""
+            print(f"  {r['trial_id']} [{r.get('label', '')}]: {r.get('error') or 'no error recorded'}"
+                  + (f" (traceback: {where})" if where else ""))
     unfinished = sum(counts.get(k, 0) for k in ("interrupted", "pending"))
     if unfinished or len(result.trials) < total:
         print(f"the study is not finished ({len(result.trials)}/{total} trials, {unfinished} unfinished); "
@@ -309,12 +345,74 @@ def build_scheduler(cfg: StudyConfig, modes: dict[str, str]) -> Any:
     )
 
 
+ERROR_FILE = "error.txt"
+"""A failed trial's full error (traceback), in its Tune folder ``<storage>/<name>/trial_<id>/``."""
+
+
+def _complete_records(records: list[Any]) -> list[Any]:
+    """The trials' records with what a hard kill may have kept from Tune: the reports of
+    every attempt (the kept history merged with ``result.json``, partial lines skipped),
+    a finished trial's final metrics (its final record), and each failed trial's full error
+    written to ``error.txt`` in its folder (``error_file``)."""
+    from .resume import kept_history, merge_history, read_final, trial_result_rows
+    from .results import atomic_write, study_fs
+
+    for rec in records:
+        if not rec.path:
+            continue
+        rec.history = merge_history(kept_history(rec.path), trial_result_rows(rec.path)) if _has_files(rec.path) else rec.history
+        if rec.error is None:
+            final = read_final(_runs_of(rec.path), rec.trial_id)
+            if final is not None and _step(final) >= _step(rec.metrics):
+                rec.metrics = {**rec.metrics, **final}
+        else:
+            fs, base = study_fs(rec.path)
+            try:
+                atomic_write(fs, f"{base}/{ERROR_FILE}", _error_text(rec.error).encode())
+                rec.error_file = f"{rec.path.rstrip('/')}/{ERROR_FILE}"
+            except OSError as exc:
+                print(f"warning: could not write the error of trial {rec.trial_id} to {rec.path}: {exc}", file=sys.stderr)
+    return records
+
+
+def _has_files(trial_path: str) -> bool:
+    from .results import study_fs
+
+    fs, base = study_fs(trial_path)
+    return fs.get_file_info(base).type.name == "Directory"
+
+
+def _runs_of(trial_path: str) -> str:
+    """``<storage>/<name>/runs`` from a trial's folder ``<storage>/<name>/trial_<id>``."""
+    return trial_path.rstrip("/").rpartition("/")[0] + "/" + RUNS_DIR
+
+
+def _step(metrics: dict[str, Any] | None) -> float:
+    try:
+        return float((metrics or {}).get("step", -1))
+    except (TypeError, ValueError):
+        return -1.0
+
+
+def _error_text(error: Any) -> str:
+    """The full text of a trial's error: the traceback of the root exception when there is one."""
+    import traceback
+
+    if isinstance(error, BaseException):
+        parts = ["".join(traceback.format_exception(type(error), error, error.__traceback__))]
+        text = str(error)
+        if text and text not in parts[0]:
+            parts.append(text)
+        return "\n".join(parts)
+    return str(error)
+
+
 def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> StudyResult:
     """Tables, Parquet files and the report of a finished (or interrupted) study."""
     from .report import build_report
     from .results import StudyTables, collect_trials, group_table, pareto_front, records_from_result_grid, write_tables
 
-    records = records_from_result_grid(grid)
+    records = _complete_records(records_from_result_grid(grid))
     stopped = "stopped" if (cfg.scheduler and cfg.scheduler.asha) else "interrupted"
     trials, history = collect_trials(records, modes, total_steps=cfg.run.train.steps, stopped_status=stopped,
                                      default_seed=cfg.run.train.seed)
