@@ -49,6 +49,7 @@ The CLI is :mod:`tce_ray.cli`. Exit codes: 0 done (failed trials are reported, n
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -403,8 +404,11 @@ def _error_text(error: Any) -> str:
         text = str(error)
         if text and text not in parts[0]:
             parts.append(text)
-        return "\n".join(parts)
-    return str(error)
+        return _ANSI.sub("", "\n".join(parts))
+    return _ANSI.sub("", str(error))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the process names in its tracebacks
 
 
 def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> StudyResult:
