@@ -6,7 +6,8 @@ at another point, then resumed with ``--resume``:
 1. mid-trial, after the first report of the first trial (no trial finished);
 2. right after the first trial finished (Tune's saved state may not know it yet);
 3. while the result tables are written (after ``trials.parquet``, before ``history.parquet``);
-4. the last resume finishes: nothing runs again.
+4. (a trial's params.json deleted, another's result.json cut mid-line) the last resume
+   finishes: nothing runs again.
 
 Then: exactly the planned trials, each completed once, none re-trained after it finished,
 every report in the history once, and the Optuna study in the searcher's saved state
@@ -123,6 +124,11 @@ def test_study_killed_at_several_points_resumes_without_rerunning_or_losing_anyt
     log.append(f"\n---- kill while writing rc={proc.returncode}\n{out3}")
     assert proc.returncode == -signal.SIGKILL, "".join(log)
     assert (study / "trials.parquet").is_file() and not (study / "history.parquet").exists(), "".join(log)
+    # damage on top: a trial folder without params.json, a result.json cut in its last line
+    second_dir = next(d for d in study.glob("trial_*") if d.name != f"trial_{first}")
+    (study / f"trial_{first}" / "params.json").unlink()
+    with open(second_dir / "result.json", "a") as f:
+        f.write('{"step": 3, "lo')
     # 4. the last resume: nothing runs again
     out4 = _run_until([*cli, "--resume"], env, None, log)
     assert "start " not in out4 and "report " not in out4, "".join(log)
