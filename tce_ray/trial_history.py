@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -24,7 +25,8 @@ _SKIP = {"config"}  # the trial config is in params.json and the trials table
 
 
 class HistoryKeeper(Callback):
-    """On each trial result: append it to ``tce_history.jsonl`` in the trial's folder."""
+    """On each trial result: append it to ``tce_history.jsonl`` in the trial's folder (on a
+    local disk an append; on an object store the file is written again whole)."""
 
     def __init__(self) -> None:
         self._lines: dict[str, list[str]] = {}
@@ -40,12 +42,24 @@ class HistoryKeeper(Callback):
 
         try:
             state = RunState(trial.storage.trial_fs_path, filesystem=trial.storage.storage_filesystem)
+            row = {k: v for k, v in result.items() if k not in _SKIP}
+            line = json.dumps(row, default=str, allow_nan=True) + "\n"
+            if state.is_local:  # append and flush: a kill cuts at most this line (skipped when read)
+                path = Path(state.path(HISTORY_NAME))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a+b") as f:
+                    end = f.tell()
+                    if end:  # a line cut by a kill stays a line of its own (skipped when read)
+                        f.seek(end - 1)
+                        if f.read(1) != b"\n":
+                            line = "\n" + line
+                    f.write(line.encode())
+                return
             lines = self._lines.get(trial.trial_id)
             if lines is None:  # first report seen by this driver: keep what an earlier one wrote
                 old = state.read_text(HISTORY_NAME) or ""
                 lines = self._lines[trial.trial_id] = [ln + "\n" for ln in old.splitlines() if ln.strip()]
-            row = {k: v for k, v in result.items() if k not in _SKIP}
-            lines.append(json.dumps(row, default=str, allow_nan=True) + "\n")
+            lines.append(line)  # object stores cannot append: the whole file again, in one write
             state.write_text(HISTORY_NAME, "".join(lines))
         except Exception as exc:  # noqa: BLE001 - a lost history line must not stop the study
             print(f"warning: could not keep the report of trial {trial.trial_id}: {exc}", file=sys.stderr)

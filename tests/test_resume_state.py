@@ -117,3 +117,23 @@ def test_failed_trials_are_listed_at_the_end_with_their_traceback_file(capsys):
     out = capsys.readouterr().out
     assert "done: 1 completed, 1 failed" in out
     assert "failed trials (1):\n  b [focal [#1]]: ValueError: loss is nan at step 3 (traceback: /r/s/trial_b/error.txt)" in out
+
+
+def test_history_keeper_appends_every_report_and_survives_a_cut_line(tmp_path):
+    import types
+
+    import pyarrow.fs as pafs
+
+    from tce_ray.trial_history import HistoryKeeper
+
+    trial = types.SimpleNamespace(trial_id="a", storage=types.SimpleNamespace(
+        trial_fs_path=str(tmp_path), storage_filesystem=pafs.LocalFileSystem()))
+    keeper = HistoryKeeper()
+    keeper.on_trial_result(0, [], trial, {"step": 1, "loss": 1.0, "config": {"loss": {"t": 1}}})
+    with open(tmp_path / HISTORY_NAME, "a") as f:
+        f.write('{"step": 2, "lo')  # the driver killed in the middle of a line
+    keeper.on_trial_result(0, [], trial, {"step": 2, "loss": 0.5})  # the resumed driver
+    with pytest.warns(UserWarning, match="line 2 is not complete JSON"):
+        h = kept_history(str(tmp_path))
+    assert h.to_dict("records") == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]  # config left out
+    assert pickle.loads(pickle.dumps(keeper))._lines == {}  # what tuner.pkl holds: no cached reports
