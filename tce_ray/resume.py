@@ -39,7 +39,7 @@ from .run_state import RunState, storage_join
 
 __all__ = [
     "FINAL_NAME", "HISTORY_NAME", "IncompatibleStateError", "write_final", "read_final", "keep_histories",
-    "kept_history", "merge_history", "check_experiment",
+    "kept_history", "merge_history", "trial_result_rows", "check_experiment",
 ]
 
 FINAL_NAME = "tce_final.json"

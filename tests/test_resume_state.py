@@ -137,3 +137,59 @@ def test_history_keeper_appends_every_report_and_survives_a_cut_line(tmp_path):
         h = kept_history(str(tmp_path))
     assert h.to_dict("records") == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]  # config left out
     assert pickle.loads(pickle.dumps(keeper))._lines == {}  # what tuner.pkl holds: no cached reports
+
+
+def _cfg(tmp_path, name="s"):
+    from tce_ray.config import parse_config
+
+    return parse_config({
+        "name": name, "storage": str(tmp_path),
+        "data": {"name": "synthetic", "options": {"num_images": 8, "image_size": [48, 64]}, "loader_workers": 0},
+        "model": {"backbone": "tiny"}, "train": {"steps": 2, "batch_size": 2, "eval_every": 2, "num_workers": 1},
+        "search": {"num_samples": 1},
+    })
+
+
+def test_resume_of_a_wrong_or_old_folder_is_one_line(tmp_path, monkeypatch):
+    from tce_ray.study import StudyError, _restore_tuner
+
+    cfg = _cfg(tmp_path)
+    with pytest.raises(StudyError, match="nothing to resume.*run without --resume"):
+        _restore_tuner(cfg, None, False)  # no folder at all
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "notes.txt").write_text("not a study")
+    with pytest.raises(DamagedResultsError, match=r"s: not a study that can be resumed"):
+        _restore_tuner(cfg, None, False)
+    # a study saved by an older tce-ray: tuner.pkl refers to a class that is gone
+    mod = types.ModuleType("tce_ray_gone")
+
+    class Space:
+        pass
+
+    Space.__module__, Space.__qualname__ = "tce_ray_gone", "Space"
+    mod.Space = Space
+    sys.modules["tce_ray_gone"] = mod
+    try:
+        blob = pickle.dumps(Space())
+    finally:
+        del sys.modules["tce_ray_gone"]
+    (tmp_path / "s" / "tuner.pkl").write_bytes(blob)
+    _session(tmp_path / "s", "2026-01-02_00-00-00")
+    with pytest.raises(StudyError, match="another version of tce-ray.*run it again as a new study") as info:
+        _restore_tuner(cfg, None, False)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_maps_a_damaged_folder_to_exit_2(tmp_path, monkeypatch, capsys):
+    import tce_ray.study as study
+    from tce_ray.cli import main
+
+    def damaged(*a, **k):
+        raise DamagedResultsError(str(tmp_path / "s"), "not a study that can be resumed", "give another folder")
+
+    monkeypatch.setattr(study, "run_study", damaged)
+    yaml = tmp_path / "s.yaml"
+    yaml.write_text("name: s\ndata: {name: synthetic}\nmodel: {backbone: tiny}\nsearch: {num_samples: 1}\n")
+    assert main([str(yaml), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {tmp_path / 's'}: not a study that can be resumed; give another folder"
