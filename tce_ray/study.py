@@ -350,42 +350,34 @@ ERROR_FILE = "error.txt"
 """A failed trial's full error (traceback), in its Tune folder ``<storage>/<name>/trial_<id>/``."""
 
 
-def _complete_records(records: list[Any]) -> list[Any]:
+def _complete_records(records: list[Any], exp_path: str) -> list[Any]:
     """The trials' records with what a hard kill may have kept from Tune: the reports of
     every attempt (the kept history merged with ``result.json``, partial lines skipped),
     a finished trial's final metrics (its final record), and each failed trial's full error
-    written to ``error.txt`` in its folder (``error_file``)."""
+    written to ``error.txt`` in its folder (``error_file``). ``exp_path`` is the study's
+    folder (a local path or a URI: Tune's ``Result.path`` drops the URI's scheme)."""
     from .resume import kept_history, merge_history, read_final, trial_result_rows
     from .results import atomic_write, study_fs
+    from .run_state import storage_join
 
     for rec in records:
         if not rec.path:
             continue
-        rec.history = merge_history(kept_history(rec.path), trial_result_rows(rec.path)) if _has_files(rec.path) else rec.history
+        where = storage_join(exp_path, rec.path.rstrip("/").rpartition("/")[2])  # trial_<id>
+        fs, base = study_fs(where)
+        if fs.get_file_info(base).type.name == "Directory":
+            rec.history = merge_history(kept_history(where), trial_result_rows(where))
         if rec.error is None:
-            final = read_final(_runs_of(rec.path), rec.trial_id)
+            final = read_final(storage_join(exp_path, RUNS_DIR), rec.trial_id)
             if final is not None and _step(final) >= _step(rec.metrics):
                 rec.metrics = {**rec.metrics, **final}
         else:
-            fs, base = study_fs(rec.path)
             try:
                 atomic_write(fs, f"{base}/{ERROR_FILE}", _error_text(rec.error).encode())
-                rec.error_file = f"{rec.path.rstrip('/')}/{ERROR_FILE}"
+                rec.error_file = f"{where.rstrip('/')}/{ERROR_FILE}"
             except OSError as exc:
-                print(f"warning: could not write the error of trial {rec.trial_id} to {rec.path}: {exc}", file=sys.stderr)
+                print(f"warning: could not write the error of trial {rec.trial_id} to {where}: {exc}", file=sys.stderr)
     return records
-
-
-def _has_files(trial_path: str) -> bool:
-    from .results import study_fs
-
-    fs, base = study_fs(trial_path)
-    return fs.get_file_info(base).type.name == "Directory"
-
-
-def _runs_of(trial_path: str) -> str:
-    """``<storage>/<name>/runs`` from a trial's folder ``<storage>/<name>/trial_<id>``."""
-    return trial_path.rstrip("/").rpartition("/")[0] + "/" + RUNS_DIR
 
 
 def _step(metrics: dict[str, Any] | None) -> float:
@@ -416,7 +408,7 @@ def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> S
     from .report import build_report
     from .results import StudyTables, collect_trials, group_table, pareto_front, records_from_result_grid, write_tables
 
-    records = _complete_records(records_from_result_grid(grid))
+    records = _complete_records(records_from_result_grid(grid), cfg.experiment_path())
     stopped = "stopped" if (cfg.scheduler and cfg.scheduler.asha) else "interrupted"
     trials, history = collect_trials(records, modes, total_steps=cfg.run.train.steps, stopped_status=stopped,
                                      default_seed=cfg.run.train.seed)
