@@ -112,12 +112,16 @@ def _read_text(fs: Any, path: str) -> str | None:
 
 def keep_histories(exp_path: str) -> int:
     """Merge every trial's ``result.json`` into its ``tce_history.jsonl`` (before a restore);
-    returns how many trials have a kept history. Partial lines are skipped with a warning."""
+    returns how many trials have a kept history. Partial lines are skipped with a warning
+    (and dropped from ``result.json``, which Tune reads on the restore)."""
     fs, base = study_fs(exp_path)
     n = 0
     for d in _trial_dirs(fs, base):
         kept = _rows(fs, f"{d}/{HISTORY_NAME}")
         new = _rows(fs, f"{d}/result.json")
+        text = _read_text(fs, f"{d}/result.json") or ""
+        if len(new) < sum(1 for ln in text.splitlines() if ln.strip()):  # a line cut by a kill: Tune reads it too
+            RunState(d, filesystem=fs).write_text("result.json", "".join(json.dumps(r, default=str) + "\n" for r in new))
         merged = merge_history(pd.DataFrame(kept) if kept else None, pd.DataFrame(new) if new else None)
         if merged is None:
             continue

@@ -51,6 +51,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -232,9 +233,12 @@ def _restore_tuner(cfg: StudyConfig, trainable: Any, progress: bool) -> tune.Tun
             )
         raise StudyError(f"nothing to resume at {exp_path}: no Tune experiment there; run without --resume")
     try:
-        for w in check_experiment(exp_path):  # falls back past state files cut by a kill
-            print(f"warning: {w}", file=sys.stderr)
-        keep_histories(exp_path)  # Tune starts a restored trial's result.json afresh
+        with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's two
+            warnings.simplefilter("always")
+            check_experiment(exp_path)  # falls back past state files cut by a kill
+            keep_histories(exp_path)  # Tune starts a restored trial's result.json afresh
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
     except IncompatibleStateError as exc:
         raise StudyError(str(exc)) from None

@@ -87,6 +87,7 @@ def test_kept_history_merges_attempts_once_per_step(tmp_path):
                                        + json.dumps({"step": 3, "loss": 1.0}) + "\n" + '{"step": 4, "lo')
     with pytest.warns(UserWarning, match="line 3 is not complete JSON"):
         assert keep_histories(str(tmp_path)) == 1
+    assert [json.loads(ln)["step"] for ln in (trial / "result.json").read_text().splitlines()] == [2, 3]  # cut line dropped
     h = kept_history(str(trial))
     assert h["step"].tolist() == [1, 2, 3] and h["loss"].tolist() == [2.0, 1.4, 1.0]  # the later attempt wins
     m = merge_history(pd.DataFrame({"step": [3, 4], "loss": [0.9, 0.8]}), None, h)
