@@ -40,7 +40,6 @@ import pandas as pd
 
 from .results import (
     CRITERIA,
-    DamagedResultsError,
     StudyTables,
     group_key,
     group_label,
@@ -583,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("study_dir", help="the study's result folder, <storage>/<name> (a local path or a URI)")
     args = parser.parse_args(argv)
+    from .results import DamagedResultsError
+
     try:
         path = build_report(args.study_dir)
     except (FileNotFoundError, NotADirectoryError, DamagedResultsError) as exc:
