@@ -1,8 +1,7 @@
 """The study command: ``python -m tce_ray.study PATH [--storage DIR] [--resume] ...``.
 
 Validates the file first (no Ray is imported for that), then runs :func:`tce_ray.study.run_study`.
-Exit codes: 0 done (failed trials are reported, not fatal), 2 invalid study or arguments
-(or a damaged / wrong results folder to resume),
+Exit codes: 0 done (failed trials are reported, not fatal), 2 invalid study or arguments,
 1 the study could not run, 130 interrupted.
 """
 
@@ -52,12 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .results import DamagedResultsError
     from .study import StudyError, run_study  # Ray is imported from here on
 
     try:
         run_study(cfg, resume=args.resume, address=args.address, dashboard=args.dashboard, progress=not args.quiet)
-    except (ConfigError, DamagedResultsError) as exc:  # DamagedResultsError: a damaged / wrong results folder
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StudyError as exc:

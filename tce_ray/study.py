@@ -226,11 +226,11 @@ def _restore_tuner(cfg: StudyConfig, trainable: Any, progress: bool) -> tune.Tun
     exp_path = cfg.experiment_path()
     if not tune.Tuner.can_restore(exp_path):
         fs, base = study_fs(exp_path)
-        if fs.get_file_info(base).type.name != "NotFound":
-            raise DamagedResultsError(
+        if fs.get_file_info(base).type.name != "NotFound":  # a ConfigError: the CLI's "bad input", exit 2
+            raise ConfigError(str(DamagedResultsError(
                 exp_path, "not a study that can be resumed (no tuner.pkl / experiment_state-*.json of a Tune experiment)",
                 "give the --storage and study name of a study started with `python -m tce_ray.study`, or run without --resume",
-            )
+            )))
         raise StudyError(f"nothing to resume at {exp_path}: no Tune experiment there; run without --resume")
     try:
         with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's two
@@ -242,6 +242,8 @@ def _restore_tuner(cfg: StudyConfig, trainable: Any, progress: bool) -> tune.Tun
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
     except IncompatibleStateError as exc:
         raise StudyError(str(exc)) from None
+    except DamagedResultsError as exc:  # Tune's saved state cut by a kill, no earlier one: exit 2
+        raise ConfigError(str(exc)) from exc
     except (AttributeError, ImportError) as exc:  # tuner.pkl's classes changed (an older tce-ray)
         raise StudyError(
             f"{exp_path}/tuner.pkl was saved by another version of tce-ray and does not load with this one "
