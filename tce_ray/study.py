@@ -33,10 +33,16 @@ How it runs (see RAY_NOTES.md for the Ray facts behind each choice):
   ``search.seeds``: once per (configuration, seed), seed by seed; the seed becomes that
   trial's ``train.seed``; sampled trials run with the base ``train.seed``);
 - a failed trial (an error, a non-finite loss or objective) is recorded with status
-  ``failed`` and its error and the study goes on (Tune ``FailureConfig(max_failures=0)``);
+  ``failed``, its error in one line (``error``) and its full traceback in
+  ``trial_<id>/error.txt`` (``error_file``), and the study goes on (Tune
+  ``FailureConfig(max_failures=0)``); the end summary lists the failed trials;
 - ``--resume`` restores the Tune experiment (``Tuner.restore``; the searcher's state, the
   Optuna study included, comes with it): finished trials are not run again, unfinished
-  ones continue from their last Train checkpoint, errored ones stay failed;
+  ones continue from their last Train checkpoint, errored ones stay failed. It holds after
+  a hard kill too (:mod:`tce_ray.resume`): a trial's final record replaces a re-run of a
+  trial Tune had not yet saved as finished, every report is kept on the storage as it
+  arrives (:mod:`tce_ray.trial_history`), Tune's saved state is checked first (a file cut
+  by the kill: the previous state; a state pickled by an older tce-ray: one line);
 - progress lines and the report callback: :mod:`tce_ray.tune_callbacks`;
 - at the end: ``trials.parquet``, ``history.parquet``, ``pareto.parquet``, ``study.json``,
   ``groups.parquet`` (mean ± std over the seeds of each configuration), ``report.md`` and
