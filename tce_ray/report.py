@@ -472,9 +472,13 @@ def _plt():
 
 def _save(plt: Any, fig: Any, path: Path, dpi: int = 120) -> bool:
     """Lay out, write and close ``fig``; True (a plot was made)."""
+    import io
+
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+    _atomic_local(path, buf.getvalue())
     return True
 
 
@@ -653,7 +657,9 @@ def build_report(study_dir: str | Path) -> str:
     local, publish = local_output_dir(study_dir)
     plots_dir = local / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(groups.reset_index(drop=True), preserve_index=False), str(local / "groups.parquet"))
+    buf = pa.BufferOutputStream()  # written whole, then renamed: a crash never leaves half a file
+    pq.write_table(pa.Table.from_pandas(groups.reset_index(drop=True), preserve_index=False), buf)
+    _atomic_local(local / "groups.parquet", buf.getvalue().to_pybytes())
     made = []
     for fn, fname in ((plot_pareto, "pareto.png"), (plot_per_class, "per_class_iou.png"), (plot_weights, "weights.png")):
         if fn(tables, plots_dir / fname):
@@ -662,9 +668,15 @@ def build_report(study_dir: str | Path) -> str:
         if gfn(tables, groups, plots_dir / fname):
             made.append(f"plots/{fname}")
     text = render_markdown(tables, made, groups=groups)
-    (local / "report.md").write_text(text, encoding="utf-8")
+    _atomic_local(local / "report.md", text.encode("utf-8"))
     publish()
     return str(study_dir).rstrip("/") + "/report.md"
+
+
+def _atomic_local(path: Path, data: bytes) -> None:
+    from .run_state import _atomic_local_write
+
+    _atomic_local_write(path, data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -674,9 +686,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("study_dir", help="the study's result folder, <storage>/<name> (a local path or a URI)")
     args = parser.parse_args(argv)
+    from .results import DamagedResultsError
+
     try:
         path = build_report(args.study_dir)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError, DamagedResultsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

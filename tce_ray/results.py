@@ -3,8 +3,10 @@
 Files in ``<storage>/<name>/`` (a local folder or a URI pyarrow can write to):
 
 - ``trials.parquet``: one row per trial: ``trial_id``, ``label``, ``status`` (completed,
-  failed, stopped [by the scheduler], interrupted, pending), ``error`` (one line) and
-  ``error_detail``, ``configuration`` (index of the explicit configuration, -1 sampled),
+  failed, stopped [by the scheduler], interrupted, pending), ``error`` (one line: the
+  root exception's type and message), ``error_detail`` (its end, up to 20000 characters)
+  and ``error_file`` (the full traceback's file, ``trial_<id>/error.txt``),
+  ``configuration`` (index of the explicit configuration, -1 sampled),
   ``number`` (the Optuna trial number: creation order), ``seed`` (the trial's
   ``train.seed``), ``group`` (the key of its group, see below),
   the trial config flattened (``config/loss/name``, ``config/loss/t``, ...), the final
@@ -75,6 +77,8 @@ __all__ = [
     "write_tables",
     "read_tables",
     "study_fs",
+    "DamagedResultsError",
+    "read_json_lines",
 ]
 
 _METRIC_RENAME = {"loss": "train_loss"}
@@ -322,6 +326,8 @@ class TrialRecord:
     history: pd.DataFrame | None = None
     error: BaseException | str | None = None
     path: str = ""
+    error_file: str = ""
+    """Where the full error (traceback) of a failed trial was written (``error.txt``)."""
 
 
 def records_from_result_grid(grid: Any) -> list[TrialRecord]:
@@ -416,7 +422,8 @@ def _trial_outcome(
         status = "completed"
     else:
         status = stopped_status
-    return {"status": status, "error": error, "error_detail": detail, "path": rec.path}
+    return {"status": status, "error": error, "error_detail": detail, "error_file": rec.error_file if error else "",
+            "path": rec.path}
 
 
 def _trial_history(rec: TrialRecord, objectives: Mapping[str, str]) -> pd.DataFrame:
@@ -727,8 +734,25 @@ class StudyTables:
         return FrontGuard.from_meta(self.meta.get("front_guard"))
 
 
+class DamagedResultsError(ValueError):
+    """A results file (or folder) is damaged or of the wrong kind. ``path`` names the file;
+    the message is one line saying what is wrong and what to do (the CLIs exit 2 on it)."""
+
+    def __init__(self, path: str, problem: str, fix: str = "") -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{path}: {problem}" + (f"; {fix}" if fix else ""))
+
+
+REBUILD_HINT = "rebuild the results with `python -m tce_ray.study <study.yaml> --resume` (they are written again from the Tune experiment)"
+
+
 def write_tables(study_dir: str | os.PathLike[str], tables: StudyTables) -> dict[str, str]:
-    """Write trials/history/pareto Parquet files and study.json; returns their paths."""
+    """Write trials/history/pareto Parquet files and study.json; returns their paths.
+
+    Each file is replaced atomically (written to a temporary file, then renamed; one write
+    on object stores): a crash leaves either the old file or the new one, never a part."""
     fs, base = study_fs(study_dir)
     fs.create_dir(base, recursive=True)
     paths = {}
@@ -737,10 +761,19 @@ def write_tables(study_dir: str | os.PathLike[str], tables: StudyTables) -> dict
         _write_parquet(df, fs, p)
         paths[name] = p
     p = f"{base}/study.json"
-    with fs.open_output_stream(p) as f:
-        f.write(json.dumps(tables.meta, indent=2, default=str).encode())
+    atomic_write(fs, p, json.dumps(tables.meta, indent=2, default=str).encode())
     paths["meta"] = p
     return paths
+
+
+def atomic_write(fs: Any, path: str, data: bytes) -> None:
+    """Replace the file ``path`` on the pyarrow filesystem ``fs`` with ``data`` atomically
+    (:meth:`tce_ray.run_state.RunState.write_bytes`: a temporary file then a rename; a
+    single write call on object stores)."""
+    from .run_state import RunState
+
+    parent, _, name = path.rstrip("/").rpartition("/")
+    RunState(parent or "/", filesystem=fs).write_bytes(name, data)
 
 
 def _write_parquet(df: pd.DataFrame, fs: Any, path: str) -> None:
@@ -748,29 +781,99 @@ def _write_parquet(df: pd.DataFrame, fs: Any, path: str) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    pq.write_table(table, path, filesystem=fs)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    atomic_write(fs, path, buf.getvalue().to_pybytes())
+
+
+_REQUIRED_COLUMNS = {"trials": ("trial_id", "status"), "history": ("trial_id",), "pareto": ()}
+
+
+def _read_parquet(fs: Any, path: str, name: str) -> pd.DataFrame:
+    """One result table; :class:`DamagedResultsError` naming the file when it cannot be read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    size = fs.get_file_info(path).size
+    if not size:
+        raise DamagedResultsError(path, "the file is empty (a crash while it was written?)", REBUILD_HINT)
+    try:
+        df = pq.read_table(path, filesystem=fs).to_pandas()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DamagedResultsError(path, f"not a readable Parquet file ({first})", REBUILD_HINT) from None
+    missing = [c for c in _REQUIRED_COLUMNS[name] if c not in df.columns]
+    if missing and len(df.columns):
+        raise DamagedResultsError(path, f"not a {name} table of a study (no column {', '.join(missing)})", REBUILD_HINT)
+    return df
 
 
 def read_tables(study_dir: str | os.PathLike[str]) -> StudyTables:
-    """Read what :func:`write_tables` wrote (FileNotFoundError naming what is missing)."""
-    import pyarrow.parquet as pq
+    """Read what :func:`write_tables` wrote.
 
+    FileNotFoundError naming the folder when it is not a study's result folder;
+    :class:`DamagedResultsError` naming the file when one is empty, truncated, not Parquet
+    or JSON, or lacks its key columns."""
     fs, base = study_fs(study_dir)
+    kind = fs.get_file_info(base).type.name
+    if kind == "File":
+        raise DamagedResultsError(base, "is a file, not a study result folder",
+                                  "give the folder <storage>/<name> that `python -m tce_ray.study` wrote")
     out = {}
     for name in ("trials", "history", "pareto"):
         p = f"{base}/{name}.parquet"
         if fs.get_file_info(p).type.name == "NotFound":
-            raise FileNotFoundError(
-                f"{p} not found: {study_dir} is not a study result folder (it needs trials.parquet, "
-                f"history.parquet, pareto.parquet from `python -m tce_ray.study`)"
-            )
-        out[name] = pq.read_table(p, filesystem=fs).to_pandas()
+            raise FileNotFoundError(_not_a_results_folder(fs, base, study_dir, p))
+        out[name] = _read_parquet(fs, p, name)
     meta: dict[str, Any] = {}
     p = f"{base}/study.json"
     if fs.get_file_info(p).type.name != "NotFound":
         with fs.open_input_stream(p) as f:
-            meta = json.loads(f.read().decode())
+            raw = f.read()
+        try:
+            meta = json.loads(raw.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DamagedResultsError(p, f"not valid JSON ({exc})", REBUILD_HINT) from None
+        if not isinstance(meta, dict):
+            raise DamagedResultsError(p, f"holds a {type(meta).__name__}, not the study's metadata object", REBUILD_HINT)
     return StudyTables(out["trials"], out["history"], out["pareto"], meta)
+
+
+def _not_a_results_folder(fs: Any, base: str, study_dir: Any, missing: str) -> str:
+    """Why ``base`` holds no result tables, and what to do (one line)."""
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(base).type == pafs.FileType.NotFound:
+        return f"{study_dir} not found (no trials.parquet): give the study's result folder <storage>/<name>"
+    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))}
+    if any(n.startswith("experiment_state-") for n in names):
+        return (f"{missing} not found: the study at {study_dir} has not written its results yet (interrupted?); "
+                "finish it with `python -m tce_ray.study <study.yaml> --resume`")
+    if "result.json" in names or "params.json" in names:
+        return (f"{missing} not found: {study_dir} is the folder of one trial; give its parent, the study's "
+                "result folder <storage>/<name>")
+    return (f"{missing} not found: {study_dir} is not a study result folder (it needs trials.parquet, "
+            "history.parquet, pareto.parquet from `python -m tce_ray.study`)")
+
+
+def read_json_lines(text: str, source: str = "") -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines text (Tune's ``result.json``). A line that does not
+    parse (the last one, cut by a crash) is skipped with a warning naming ``source``."""
+    import warnings
+
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.warn(f"{source or 'JSON lines'}: line {i} is not complete JSON (cut by a crash?); skipped",
+                          stacklevel=2)
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
 
 
 def local_output_dir(study_dir: str | os.PathLike[str]) -> tuple[Path, Any]:

@@ -33,10 +33,16 @@ How it runs (see RAY_NOTES.md for the Ray facts behind each choice):
   ``search.seeds``: once per (configuration, seed), seed by seed; the seed becomes that
   trial's ``train.seed``; sampled trials run with the base ``train.seed``);
 - a failed trial (an error, a non-finite loss or objective) is recorded with status
-  ``failed`` and its error and the study goes on (Tune ``FailureConfig(max_failures=0)``);
+  ``failed``, its error in one line (``error``) and its full traceback in
+  ``trial_<id>/error.txt`` (``error_file``), and the study goes on (Tune
+  ``FailureConfig(max_failures=0)``); the end summary lists the failed trials;
 - ``--resume`` restores the Tune experiment (``Tuner.restore``; the searcher's state, the
   Optuna study included, comes with it): finished trials are not run again, unfinished
-  ones continue from their last Train checkpoint, errored ones stay failed;
+  ones continue from their last Train checkpoint, errored ones stay failed. It holds after
+  a hard kill too (:mod:`tce_ray.resume`): a trial's final record replaces a re-run of a
+  trial Tune had not yet saved as finished, every report is kept on the storage as it
+  arrives (:mod:`tce_ray.trial_history`), Tune's saved state is checked first (a file cut
+  by the kill: the previous state; a state pickled by an older tce-ray: one line);
 - progress lines and the report callback: :mod:`tce_ray.tune_callbacks`;
 - at the end: ``trials.parquet``, ``history.parquet``, ``pareto.parquet``, ``study.json``,
   ``groups.parquet`` (mean ± std over the seeds of each configuration), ``report.md`` and
@@ -49,7 +55,9 @@ The CLI is :mod:`tce_ray.cli`. Exit codes: 0 done (failed trials are reported, n
 from __future__ import annotations
 
 import os
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -118,10 +126,17 @@ def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
     from .train import run_training
     from .tune_callbacks import finite, make_report_callback, with_objectives
 
+    from .resume import read_final, write_final
+
+    trial_id = tune.get_context().get_trial_id()
+    done = read_final(setup.runs_storage, trial_id)
+    if done is not None:  # finished before a hard kill, restarted by the resume: report, do not train
+        tune.report(done)
+        return
     install_snapshot(setup.plugins)  # before the run is validated here and on the workers
     run = trial_run(setup.base_run, config)
     result = run_training(
-        run, name=tune.get_context().get_trial_id(), storage_path=setup.runs_storage,
+        run, name=trial_id, storage_path=setup.runs_storage,
         callbacks=[make_report_callback(setup.objectives)],
     )
     if getattr(result, "error", None) is not None:
@@ -133,6 +148,7 @@ def _trial(config: dict[str, Any], setup: _TrialSetup) -> None:
             f"objective(s) {', '.join(bad)} not finite at step {final.get('step')}: "
             f"{ {n: final.get(n) for n in bad} } (all classes absent, or a diverged run)"
         )
+    write_final(setup.runs_storage, trial_id, final)  # what a resume reports if Tune did not see the end
 
 
 # --------------------------------------------------------------------------- the study
@@ -265,10 +281,35 @@ def _restore_tuner(cfg: StudyConfig, trainable: Any, progress: bool) -> tune.Tun
     unfinished ones continue from their last checkpoint, errored ones stay failed."""
     from ray import tune
 
+    from .resume import IncompatibleStateError, check_experiment, keep_histories
+    from .results import DamagedResultsError, study_fs
+
     exp_path = cfg.experiment_path()
     if not tune.Tuner.can_restore(exp_path):
+        fs, base = study_fs(exp_path)
+        if fs.get_file_info(base).type.name != "NotFound":  # a ConfigError: the CLI's "bad input", exit 2
+            raise ConfigError(str(DamagedResultsError(
+                exp_path, "not a study that can be resumed (no tuner.pkl / experiment_state-*.json of a Tune experiment)",
+                "give the --storage and study name of a study started with `python -m tce_ray.study`, or run without --resume",
+            )))
         raise StudyError(f"nothing to resume at {exp_path}: no Tune experiment there; run without --resume")
-    tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's two
+            warnings.simplefilter("always")
+            check_experiment(exp_path)  # falls back past state files cut by a kill
+            keep_histories(exp_path)  # Tune starts a restored trial's result.json afresh
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+    except IncompatibleStateError as exc:
+        raise StudyError(str(exc)) from None
+    except DamagedResultsError as exc:  # Tune's saved state cut by a kill, no earlier one: exit 2
+        raise ConfigError(str(exc)) from exc
+    except (AttributeError, ImportError) as exc:  # tuner.pkl's classes changed (an older tce-ray)
+        raise StudyError(
+            f"{exp_path}/tuner.pkl was saved by another version of tce-ray and does not load with this one "
+            f"({type(exc).__name__}: {exc}); this study cannot be resumed: run it again as a new study"
+        ) from None
     if progress:
         print(f"resuming {cfg.name} from {exp_path}")
     return tuner
@@ -280,6 +321,7 @@ def _new_tuner(cfg: StudyConfig, trainable: Any, objs: list[Objective], callback
     from ray import tune
 
     from .ray_env import max_concurrent
+    from .trial_history import HistoryKeeper
 
     exp_path = cfg.experiment_path()
     if tune.Tuner.can_restore(exp_path):
@@ -299,7 +341,7 @@ def _new_tuner(cfg: StudyConfig, trainable: Any, objs: list[Objective], callback
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=cfg.storage,
             failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=callbacks, verbose=0,
+            callbacks=[*callbacks, HistoryKeeper()], verbose=0,  # every report on the storage at once
         ),
     )
     if progress:
@@ -343,6 +385,13 @@ def _searcher(cfg: StudyConfig, objs: list[Objective]) -> Any:
 def _print_summary(result: StudyResult, total: int) -> None:
     counts = result.trials["status"].value_counts().to_dict() if len(result.trials) else {}
     print(f"done: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'no trials'}; report: {result.report}")
+    failed = result.failed()
+    if len(failed):
+        print(f"failed trials ({len(failed)}):")
+        for r in failed.to_dict("records"):
+            where = r.get("error_file") or r.get("path") or ""
+            print(f"  {r['trial_id']} [{r.get('label', '')}]: {r.get('error') or 'no error recorded'}"
+                  + (f" (traceback: {where})" if where else ""))
     unfinished = sum(counts.get(k, 0) for k in ("interrupted", "pending"))
     if unfinished or len(result.trials) < total:
         print(f"the study is not finished ({len(result.trials)}/{total} trials, {unfinished} unfinished); "
@@ -365,12 +414,69 @@ def build_scheduler(cfg: StudyConfig, modes: dict[str, str]) -> Any:
     )
 
 
+ERROR_FILE = "error.txt"
+"""A failed trial's full error (traceback), in its Tune folder ``<storage>/<name>/trial_<id>/``."""
+
+
+def _complete_records(records: list[Any], exp_path: str) -> list[Any]:
+    """The trials' records with what a hard kill may have kept from Tune: the reports of
+    every attempt (the kept history merged with ``result.json``, partial lines skipped),
+    a finished trial's final metrics (its final record), and each failed trial's full error
+    written to ``error.txt`` in its folder (``error_file``). ``exp_path`` is the study's
+    folder (a local path or a URI: Tune's ``Result.path`` drops the URI's scheme)."""
+    from .resume import kept_history, merge_history, read_final, trial_result_rows
+    from .results import atomic_write, study_fs
+    from .run_state import storage_join
+
+    for rec in records:
+        if not rec.path:
+            continue
+        where = storage_join(exp_path, rec.path.rstrip("/").rpartition("/")[2])  # trial_<id>
+        fs, base = study_fs(where)
+        if fs.get_file_info(base).type.name == "Directory":
+            rec.history = merge_history(kept_history(where), trial_result_rows(where))
+        if rec.error is None:
+            final = read_final(storage_join(exp_path, RUNS_DIR), rec.trial_id)
+            if final is not None and _step(final) >= _step(rec.metrics):
+                rec.metrics = {**rec.metrics, **final}
+        else:
+            try:
+                atomic_write(fs, f"{base}/{ERROR_FILE}", _error_text(rec.error).encode())
+                rec.error_file = f"{where.rstrip('/')}/{ERROR_FILE}"
+            except OSError as exc:
+                print(f"warning: could not write the error of trial {rec.trial_id} to {where}: {exc}", file=sys.stderr)
+    return records
+
+
+def _step(metrics: dict[str, Any] | None) -> float:
+    try:
+        return float((metrics or {}).get("step", -1))
+    except (TypeError, ValueError):
+        return -1.0
+
+
+def _error_text(error: Any) -> str:
+    """The full text of a trial's error: the traceback of the root exception when there is one."""
+    import traceback
+
+    if isinstance(error, BaseException):
+        parts = ["".join(traceback.format_exception(type(error), error, error.__traceback__))]
+        text = str(error)
+        if text and text not in parts[0]:
+            parts.append(text)
+        return _ANSI.sub("", "\n".join(parts))
+    return _ANSI.sub("", str(error))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the process names in its tracebacks
+
+
 def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> StudyResult:
     """Tables, Parquet files and the report of a finished (or interrupted) study."""
     from .report import build_report
     from .results import StudyTables, collect_trials, group_table, pareto_front, records_from_result_grid, write_tables
 
-    records = records_from_result_grid(grid)
+    records = _complete_records(records_from_result_grid(grid), cfg.experiment_path())
     stopped = "stopped" if (cfg.scheduler and cfg.scheduler.asha) else "interrupted"
     guard = cfg.guard()
     trials, history = collect_trials(records, modes, total_steps=cfg.run.train.steps, stopped_status=stopped,

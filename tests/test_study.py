@@ -62,6 +62,13 @@ def test_run_study_records_failures_and_on_the_fly_objectives(ray_session, tmp_p
     assert list(t["seed"]) == [0, 1, 0, 1]
     assert list(t["status"]) == ["failed", "failed", "completed", "completed"]
     assert "drawable" in t.loc[0, "error"], t.loc[0, "error"]
+    assert "\n" not in t.loc[0, "error"]
+    # the full traceback in the trial's folder, named by the error_file column
+    err_file = Path(t.loc[0, "error_file"])
+    assert err_file == Path(t.loc[0, "path"]) / "error.txt" and err_file.is_file()
+    text = err_file.read_text()
+    assert "drawable" in text and 'tilt.py", line' in text and "\x1b[" not in text  # the frames, no colour codes
+    assert t.loc[2, "error_file"] == ""
     ok = t.iloc[2]
     iou = ok[[c for c in t.columns if c.startswith("iou/")]].to_numpy(dtype=np.float64)
     assert ok["step"] == 2
