@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the local Ray with its dashboard on 127.0.0.1 (port 8265 or the next free one; Ray's token "
                         "auth kept: the token is in ~/.ray/auth_token), print its URL, "
                         "and turn on the Train tab (RAY_TRAIN_ENABLE_STATE_TRACKING=1)")
-    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="terse progress: one line per trial event (no step rate/ETA, study ETA, best so far or log locations)")
     add_observe_arguments(p)
     return p
 
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .study import StudyError, run_study  # Ray is imported from here on
 
     try:
-        run_study(cfg, resume=args.resume, address=args.address, dashboard=args.dashboard, progress=not args.quiet)
+        run_study(cfg, resume=args.resume, address=args.address, dashboard=args.dashboard, progress="terse" if args.quiet else True)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -161,15 +161,20 @@ def run_study(
     resume: bool = False,
     address: str | None = None,
     dashboard: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
+    callbacks: Sequence[Any] | None = None,
 ) -> StudyResult:
     """Run (or with ``resume=True`` continue) a study; returns its tables and paths.
 
     ``objectives`` overrides the config's: registry names, ``"module:function"`` or
     :class:`~tce_ray.objectives.Objective` objects (registered on the fly; objectives the
     workers cannot import are computed from each report's ``iou/<class>`` values).
-    ``storage`` overrides ``config.storage``. Raises :class:`ConfigError` for an invalid
-    study and :class:`StudyError` when it cannot run as asked.
+    ``storage`` overrides ``config.storage``. ``progress``: True (trial and study progress
+    with ETA and the best so far), ``"terse"`` (one line per trial event) or False.
+    ``callbacks``: more Tune callbacks (``ray.tune.Callback``: MLflow, W&B, your own), given
+    to Tune with the progress one (a new study; ``resume`` restores those of the first run).
+    Raises :class:`ConfigError` for an invalid study and :class:`StudyError` when it cannot
+    run as asked.
     """
     cfg = _coerce_config(config)
     storage = os.fspath(storage) if storage is not None else cfg.storage
@@ -183,7 +188,7 @@ def run_study(
     from .ray_env import cluster_problem, ensure_ray, pickle_by_value, shipped_plugins
     from .tune_callbacks import progress_callback
 
-    local = ensure_ray(address, dashboard, quiet=not progress)
+    local = ensure_ray(address, dashboard, quiet=progress is not True)
     problem = cluster_problem(cfg.run.train)
     if problem and local:
         raise StudyError(problem)
@@ -197,7 +202,12 @@ def run_study(
         tune.with_parameters(_trial, setup=setup), tune.PlacementGroupFactory([{"memory": 1}])
     )
     total = cfg.search.total_trials()
-    callbacks = [progress_callback(list(_modes(objs)), total, show_seed=bool(cfg.search.seeds))] if progress else []
+    callbacks = [
+        *([progress_callback(list(_modes(objs)), total, show_seed=bool(cfg.search.seeds), modes=_modes(objs),
+                             steps=cfg.run.train.steps, terse=progress == "terse",
+                             experiment_path=cfg.experiment_path())] if progress else []),
+        *(callbacks or []),
+    ]
     tuner = _restore_tuner(cfg, trainable, progress) if resume else _new_tuner(cfg, trainable, objs, callbacks, progress)
     result = write_study_results(tuner.fit(), cfg, _modes(objs))
     if progress:
@@ -252,36 +262,19 @@ def _new_tuner(cfg: StudyConfig, trainable: Any, objs: list[Objective], callback
         explicit = f"{n_conf} configurations x {len(seeds)} seeds" if seeds else f"{n_conf} explicit"
         print(f"study {cfg.name}: {total} trials ({explicit}), "
               f"objectives {', '.join(f'{o.key} ({o.mode})' for o in objs)}; results in {exp_path}")
+        from .optuna_store import describe_storage
+
+        print(describe_storage(cfg))
     return tuner
 
 
 def _searcher(cfg: StudyConfig, objs: list[Objective]) -> Any:
-    """``OptunaSearch`` over the study's space: a new Optuna study (in memory, or in
-    ``optuna_storage``) with the objectives' directions and the explicit trials queued."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+    """``OptunaSearch`` over the study's space: a new Optuna study (a journal file in
+    ``<storage>/<name>/``, the ``optuna_storage`` database, or in memory for remote storage;
+    see :mod:`tce_ray.optuna_store`) with the objectives named and the explicit trials queued."""
+    from .optuna_store import make_searcher
 
-    from .search_space import SearchSpace, build_sampler
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(cfg.optuna_storage) if cfg.optuna_storage else optuna.storages.InMemoryStorage()
-    sampler = build_sampler(cfg.search, len(objs))
-    try:
-        study = optuna.create_study(
-            storage=storage, sampler=sampler, study_name=cfg.name, directions=[o.direction for o in objs],
-        )
-    except optuna.exceptions.DuplicatedStudyError:
-        raise StudyError(
-            f"the Optuna storage {cfg.optuna_storage} already holds a study named {cfg.name!r}; "
-            "use --resume, another name, or delete it (optuna delete-study)"
-        ) from None
-    space = SearchSpace.from_config(cfg)
-    space.enqueue(study)
-    keys, modes = [o.key for o in objs], [o.mode for o in objs]  # Tune spells directions "max"/"min"
-    return OptunaSearch(
-        space=space, metric=keys if len(keys) > 1 else keys[0], mode=modes if len(keys) > 1 else modes[0],
-        sampler=sampler, storage=storage, study_name=cfg.name,
-    )
+    return make_searcher(cfg, objs)[0]
 
 
 def _print_summary(result: StudyResult, total: int) -> None:
