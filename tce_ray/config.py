@@ -375,8 +375,9 @@ class StudyConfig(_Strict):
     scheduler: SchedulerSpec | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     optuna_storage: str | None = None
-    """An Optuna RDB URL (``sqlite:///path.db``, ``postgresql://...``) to browse the study
-    with optuna-dashboard; default: in memory (saved with Tune's searcher state)."""
+    """An Optuna RDB URL (``sqlite:///path.db``, ``postgresql://...``) to keep the Optuna
+    study in; default: a journal file ``<storage>/<name>/optuna.journal`` for local storage,
+    in memory (saved with Tune's searcher state) for remote storage (see ``optuna_store``)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -35,8 +35,7 @@ __all__ = ["JOURNAL_FILE", "journal_path", "describe_storage", "open_storage", "
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_FILE = "optuna.journal"
-"""The Optuna journal's file name in ``<storage>/<name>/`` (local storage only)."""
+from .study_data import JOURNAL_FILE  # noqa: E402 - one name for the writer and load_study
 
 
 def journal_path(cfg: StudyConfig) -> str | None:

@@ -538,6 +538,30 @@ def plot_weights(tables: StudyTables, path: Path) -> bool:
     return _save(plt, fig, path, dpi=110)
 
 
+def plot_curves(tables: StudyTables, path: Path) -> bool:
+    """Training loss and mIoU against the step, one line per trial (from ``history.parquet``)."""
+    h = tables.history
+    panels = [c for c in ("train_loss", "miou") if c in h.columns and h[c].notna().any()]
+    if h.empty or "step" not in h.columns or not panels:
+        return False
+    labels = dict(zip(tables.trials["trial_id"], tables.trials["label"])) if "label" in tables.trials.columns else {}
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    ids = list(dict.fromkeys(h["trial_id"]))
+    cmap = _cmap(plt, len(ids))
+    for ax, col in zip(axes[0], panels):
+        for j, tid in enumerate(ids):
+            g = h[h["trial_id"] == tid].sort_values("step")
+            g = g[g[col].notna()]
+            if len(g):
+                ax.plot(g["step"], g[col], marker="o", ms=2, color=cmap(j % cmap.N), label=labels.get(tid, tid))
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss" if col == "train_loss" else "mIoU (fraction)")
+        ax.set_title(f"{'training loss' if col == 'train_loss' else 'mIoU'} per trial", fontsize=9)
+    axes[0][-1].legend(fontsize=5)
+    return _save(plt, fig, path, dpi=110)
+
+
 def build_report(study_dir: str | Path) -> str:
     """Write ``report.md``, ``groups.parquet`` and ``plots/*.png`` into ``study_dir`` from its
     Parquet files (and study.json); returns the report's path."""
@@ -551,7 +575,8 @@ def build_report(study_dir: str | Path) -> str:
     plots_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(groups.reset_index(drop=True), preserve_index=False), str(local / "groups.parquet"))
     made = []
-    for fn, fname in ((plot_pareto, "pareto.png"), (plot_per_class, "per_class_iou.png"), (plot_weights, "weights.png")):
+    for fn, fname in ((plot_pareto, "pareto.png"), (plot_per_class, "per_class_iou.png"), (plot_weights, "weights.png"),
+                      (plot_curves, "curves.png")):
         if fn(tables, plots_dir / fname):
             made.append(f"plots/{fname}")
     for gfn, fname in ((plot_pareto_groups, "pareto_groups.png"), (plot_per_class_groups, "per_class_iou_groups.png")):

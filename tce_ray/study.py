@@ -29,7 +29,8 @@ How it runs (see RAY_NOTES.md for the Ray facts behind each choice):
   ``train.cpus_per_worker`` CPUs (and a GPU each with ``train.use_gpu``);
   ``resources.max_concurrent_trials`` defaults to what the cluster fits;
 - ``OptunaSearch`` with the define-by-run space of :mod:`tce_ray.search_space`, metric and
-  mode lists for several objectives; the explicit configurations are enqueued first (with
+  mode lists for several objectives; the Optuna study in ``<storage>/<name>/optuna.journal``
+  (or ``optuna_storage``; in memory for remote storage), see :mod:`tce_ray.optuna_store`; the explicit configurations are enqueued first (with
   ``search.seeds``: once per (configuration, seed), seed by seed; the seed becomes that
   trial's ``train.seed``; sampled trials run with the base ``train.seed``);
 - a failed trial (an error, a non-finite loss or objective) is recorded with status

@@ -22,7 +22,11 @@ from .study import StudyResult
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-__all__ = ["StudyData", "load_study"]
+__all__ = ["StudyData", "load_study", "JOURNAL_FILE"]
+
+JOURNAL_FILE = "optuna.journal"
+"""The Optuna journal's file name in ``<storage>/<name>/`` (local storage only; written by
+:mod:`tce_ray.optuna_store`)."""
 
 
 @dataclass
@@ -47,8 +51,6 @@ class StudyData(StudyResult):
         ``optuna_storage`` database the study file names. FileNotFoundError where it was kept
         in memory (a study on remote storage)."""
         import optuna
-
-        from .optuna_store import JOURNAL_FILE
 
         url = (self.meta.get("config") or {}).get("optuna_storage")
         if url:
