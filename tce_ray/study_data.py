@@ -21,6 +21,7 @@ from .study import StudyResult
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
+    import pandas as pd
 
 __all__ = ["StudyData", "load_study", "JOURNAL_FILE"]
 
@@ -45,6 +46,19 @@ class StudyData(StudyResult):
     def completed(self) -> Any:
         """The completed trials (a DataFrame)."""
         return self.trials[self.trials["status"] == "completed"]
+
+    def confusion(self, trial_id: str) -> pd.DataFrame:
+        """The confusion matrix of ``trial_id``'s last checkpoint (rows: true class, columns:
+        predicted class, pixel counts); FileNotFoundError when it has none."""
+        from .confusion_io import load_confusion
+
+        rows = self.trials[self.trials["trial_id"] == trial_id]
+        if not len(rows):
+            raise KeyError(f"no trial {trial_id!r} in this study; its trials: {self.trials['trial_id'].tolist()}")
+        ckpt = str(rows.iloc[0].get("checkpoint") or "")
+        if not ckpt:
+            raise FileNotFoundError(f"trial {trial_id} has no checkpoint (it never reported one)")
+        return load_confusion(ckpt)
 
     def optuna_study(self) -> optuna.Study:
         """The study's Optuna study: its journal (``<dir>/optuna.journal``) or the

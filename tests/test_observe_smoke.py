@@ -203,3 +203,26 @@ def test_checkpoint_column_points_at_each_trials_last_checkpoint(smoke) -> None:
         assert (ckpt / CHECKPOINT_FILE).is_file(), row["checkpoint"]
         assert ckpt.is_relative_to(smoke["dir"] / "runs" / row["trial_id"])
     assert stored["checkpoint"].tolist() == smoke["result"].trials["checkpoint"].tolist()
+
+
+def test_each_trials_confusion_matrix_gives_its_iou(smoke) -> None:
+    """The checkpoint's confusion.parquet: per-class IoU from it (tp / (row + col - tp),
+    computed here) equals the trial's iou/<class> columns."""
+    from tce_ray import load_study
+
+    s = load_study(smoke["dir"])
+    for _, row in s.trials.iterrows():
+        cm = s.confusion(row["trial_id"])
+        assert cm.index.tolist() == cm.columns.tolist() == s.class_names
+        m = cm.to_numpy().astype(np.float64)
+        assert m.sum() > 0
+        tp = np.diag(m)
+        union = m.sum(0) + m.sum(1) - tp
+        for k, name in enumerate(s.class_names):
+            reported = row[f"iou/{name}"]
+            if math.isfinite(reported):
+                assert tp[k] / union[k] == pytest.approx(reported, abs=1e-9), name
+            else:
+                assert m[k].sum() == 0 or union[k] == 0, name  # absent from the evaluation images
+    with pytest.raises(KeyError, match="no trial 'nope'"):
+        s.confusion("nope")
