@@ -226,3 +226,10 @@ def test_each_trials_confusion_matrix_gives_its_iou(smoke) -> None:
                 assert m[k].sum() == 0 or union[k] == 0, name  # absent from the evaluation images
     with pytest.raises(KeyError, match="no trial 'nope'"):
         s.confusion("nope")
+
+
+def test_report_plots_curves_and_confusion(smoke) -> None:
+    plots = smoke["dir"] / "plots"
+    for name in ("curves.png", "confusion.png"):
+        assert (plots / name).stat().st_size > 5000, name
+        assert f"plots/{name}" in (smoke["dir"] / "report.md").read_text()
