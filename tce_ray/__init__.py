@@ -54,6 +54,10 @@ _EXPORTS: dict[str, str] = {
     "run_training": "tce_ray.train",
     "run_study": "tce_ray.study",
     "load_config": "tce_ray.config",
+    # a finished study's results (no Ray)
+    "load_study": "tce_ray.study_data",
+    "StudyData": "tce_ray.study_data",
+    "build_report": "tce_ray.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -97,6 +101,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from tce_ray.registry import Setting, list_losses, register_dataset, register_loss
     from tce_ray.runspec import RunSpec
     from tce_ray.sampling import ClassIndex, TiltedBatchSampler
+    from tce_ray.report import build_report
     from tce_ray.study import run_study
+    from tce_ray.study_data import StudyData, load_study
     from tce_ray.tilt import TiltState
     from tce_ray.train import run_training

@@ -11,6 +11,7 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .config import ConfigError, load_config
 
@@ -96,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the local Ray with its dashboard on 127.0.0.1 (port 8265 or the next free one; Ray's token "
                         "auth kept: the token is in ~/.ray/auth_token), print its URL, "
                         "and turn on the Train tab (RAY_TRAIN_ENABLE_STATE_TRACKING=1)")
-    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="terse progress: one line per trial event (no step rate/ETA, study ETA, best so far or log locations)")
+    add_observe_arguments(p)
     return p
 
 
@@ -121,17 +124,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, overrides=args.set)
         if args.storage is not None:
             cfg = cfg.model_copy(update={"storage": args.storage})
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.dry_run:
+        return dry_run(cfg, args)
     from .study import StudyError, run_study  # Ray is imported by run_study, after the preflight
 
     try:
         result = run_study(cfg, resume=args.resume, address=args.address, dashboard=args.dashboard,
-                           progress=not args.quiet, force_unlock=args.force_unlock,
+                           progress="terse" if args.quiet else True, force_unlock=args.force_unlock,
                            connect_timeout_s=args.connect_timeout, file=args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -144,3 +149,34 @@ def _run(args: argparse.Namespace) -> int:
     if code != EXIT_OK:
         print(f"exit {code}: {EXIT_CODES[code]}", file=sys.stderr)
     return code
+
+
+# --------------------------------------------------------------------------- --version, --set, --dry-run
+# (issue 10: packaging and CLI conventions; kept apart from the rest of the parser)
+
+
+def add_observe_arguments(p: argparse.ArgumentParser) -> None:
+    """``--version``, repeated ``--set KEY.PATH=VALUE``, ``--dry-run`` and ``--step-seconds``."""
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"tce-ray {__version__}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a value of the study file before it is validated (repeatable; the value is "
+                        "YAML: --set train.steps=5 --set search.seeds=[0,1] --set loss.name=focal)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the file and print the trial plan (configurations x seeds + sampled trials, "
+                        "resources per trial, a wall-time estimate); Ray is not started")
+    p.add_argument("--step-seconds", type=float, metavar="S",
+                   help="with --dry-run: seconds per training step for the wall-time estimate")
+
+
+def dry_run(cfg: Any, args: argparse.Namespace) -> int:
+    """Print the plan of the validated study ``cfg``; 0."""
+    from .plan import format_plan
+
+    if args.step_seconds is not None and not args.step_seconds > 0:
+        print(f"error: --step-seconds must be > 0 (got {args.step_seconds})", file=sys.stderr)
+        return 2
+    print(format_plan(cfg, step_seconds=args.step_seconds))
+    print("dry run: nothing was started")
+    return 0

@@ -393,8 +393,9 @@ class StudyConfig(_Strict):
     """Keeps trials whose mIoU falls well below the reference's off the Pareto front."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     optuna_storage: str | None = None
-    """An Optuna RDB URL (``sqlite:///path.db``, ``postgresql://...``) to browse the study
-    with optuna-dashboard; default: in memory (saved with Tune's searcher state)."""
+    """An Optuna RDB URL (``sqlite:///path.db``, ``postgresql://...``) to keep the Optuna
+    study in; default: a journal file ``<storage>/<name>/optuna.journal`` for local storage,
+    in memory (saved with Tune's searcher state) for remote storage (see ``optuna_store``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -738,9 +739,11 @@ def parse_config(data: Any, *, file: str | None = None, text: str | None = None)
         raise ConfigError(message, path=_dotted(path), line=_lookup(lines, path), file=file) from None
 
 
-def load_config(path: str | os.PathLike[str]) -> StudyConfig:
+def load_config(path: str | os.PathLike[str], overrides: typing.Sequence[str] = ()) -> StudyConfig:
     """Read and validate a study YAML file. Raises :class:`ConfigError` (never a
-    traceback-worthy exception) for unreadable files, YAML syntax and schema errors."""
+    traceback-worthy exception) for unreadable files, YAML syntax and schema errors.
+    ``overrides``: ``KEY.PATH=VALUE`` texts (the CLI's ``--set``) applied before validation
+    (:mod:`tce_ray.overrides`)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"no such study file; the shipped studies are in studies/ (e.g. {BUILTIN_STUDY})", file=str(p))
@@ -757,4 +760,8 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     data = doc.data
     if data is None:
         raise ConfigError("the file is empty; a study needs at least a name (see studies/smoke.yaml)", file=str(p))
+    if overrides:
+        from .overrides import parse_with_overrides
+
+        return parse_with_overrides(data, overrides, file=str(p), text=text)
     return parse_config(data, file=str(p), text=text)

@@ -645,6 +645,84 @@ def plot_weights(tables: StudyTables, path: Path) -> bool:
     return _save(plt, fig, path, dpi=110)
 
 
+def plot_curves(tables: StudyTables, path: Path) -> bool:
+    """Training loss and mIoU against the step, one line per trial (from ``history.parquet``)."""
+    h = tables.history
+    panels = [c for c in ("train_loss", "miou") if c in h.columns and h[c].notna().any()]
+    if h.empty or "step" not in h.columns or not panels:
+        return False
+    labels = dict(zip(tables.trials["trial_id"], tables.trials["label"])) if "label" in tables.trials.columns else {}
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    ids = list(dict.fromkeys(h["trial_id"]))
+    cmap = _cmap(plt, len(ids))
+    for ax, col in zip(axes[0], panels):
+        for j, tid in enumerate(ids):
+            g = h[h["trial_id"] == tid].sort_values("step")
+            g = g[g[col].notna()]
+            if len(g):
+                ax.plot(g["step"], g[col], marker="o", ms=2, color=cmap(j % cmap.N), label=labels.get(tid, tid))
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss" if col == "train_loss" else "mIoU (fraction)")
+        ax.set_title(f"{'training loss' if col == 'train_loss' else 'mIoU'} per trial", fontsize=9)
+    axes[0][-1].legend(fontsize=5)
+    return _save(plt, fig, path, dpi=110)
+
+
+def _confusion_trials(tables: StudyTables) -> list[tuple[str, pd.Series]]:
+    """(title, trial) for the MCCE reference and the best completed trial on the first
+    objective (once if they are the same trial), among trials with a ``checkpoint``."""
+    t = tables.trials
+    if "checkpoint" not in t.columns or not len(t):
+        return []
+    out = []
+    ref = reference_trial(t)
+    if ref is not None:
+        out.append(("reference (MCCE)", ref))
+    done = t[(t["status"] == "completed")] if "status" in t.columns else t
+    objectives = [k for k in tables.objectives if k in done.columns]
+    if objectives and len(done):
+        key, mode = objectives[0], tables.objectives[objectives[0]]
+        vals = pd.to_numeric(done[key], errors="coerce")
+        if vals.notna().any():
+            best = done.loc[vals.idxmax() if mode == "max" else vals.idxmin()]
+            if ref is None or best["trial_id"] != ref["trial_id"]:
+                out.append((f"best {key}", best))
+    return out
+
+
+def plot_confusion(tables: StudyTables, path: Path) -> bool:
+    """Row-normalised confusion matrices (recall per true class) of the MCCE reference and
+    the best trial, from the ``confusion.parquet`` of their last checkpoint (local only)."""
+    from .confusion_io import load_confusion
+
+    mats = []
+    for title, row in _confusion_trials(tables):
+        try:
+            cm = load_confusion(str(row["checkpoint"] or ""))
+        except (FileNotFoundError, OSError):
+            continue
+        mats.append((f"{title}: {row.get('label', row['trial_id'])}", cm))
+    if not mats:
+        return False
+    plt = _plt()
+    k = len(mats[0][1])
+    fig, axes = plt.subplots(1, len(mats), figsize=(max(4.5, 0.35 * k + 2.5) * len(mats), max(4, 0.35 * k + 2)),
+                             squeeze=False)
+    for ax, (title, cm) in zip(axes[0], mats):
+        m = cm.to_numpy(dtype=np.float64)
+        rows = m.sum(axis=1, keepdims=True)
+        norm = np.divide(m, rows, out=np.full_like(m, np.nan), where=rows > 0)
+        im = ax.imshow(norm, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(np.arange(k), list(cm.columns), rotation=60, ha="right", fontsize=6)
+        ax.set_yticks(np.arange(k), list(cm.index), fontsize=6)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true class")
+        ax.set_title(title, fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class's pixels")
+    return _save(plt, fig, path, dpi=110)
+
+
 def build_report(study_dir: str | Path) -> str:
     """Write ``report.md``, ``groups.parquet`` and ``plots/*.png`` into ``study_dir`` from its
     Parquet files (and study.json); returns the report's path."""
@@ -661,7 +739,8 @@ def build_report(study_dir: str | Path) -> str:
     pq.write_table(pa.Table.from_pandas(groups.reset_index(drop=True), preserve_index=False), buf)
     _atomic_local(local / "groups.parquet", buf.getvalue().to_pybytes())
     made = []
-    for fn, fname in ((plot_pareto, "pareto.png"), (plot_per_class, "per_class_iou.png"), (plot_weights, "weights.png")):
+    for fn, fname in ((plot_pareto, "pareto.png"), (plot_per_class, "per_class_iou.png"), (plot_weights, "weights.png"),
+                      (plot_curves, "curves.png"), (plot_confusion, "confusion.png")):
         if fn(tables, plots_dir / fname):
             made.append(f"plots/{fname}")
     for gfn, fname in ((plot_pareto_groups, "pareto_groups.png"), (plot_per_class_groups, "per_class_iou_groups.png")):

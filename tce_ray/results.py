@@ -396,6 +396,7 @@ def _trial_row(rec: TrialRecord, objectives: Mapping[str, str], default_seed: in
     row["step"] = _num(m.get("step"))
     row["train_loss"] = _num(m.get("loss"))
     row["miou"] = _num(m.get("miou"))
+    row["checkpoint"] = str(m.get("checkpoint_path") or "")  # the last report's Train checkpoint (TuneReportCallback)
     for name in objectives:
         row[name] = _num(m.get(name))
     for k, v in m.items():

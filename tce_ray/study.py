@@ -29,7 +29,8 @@ How it runs (see RAY_NOTES.md for the Ray facts behind each choice):
   ``train.cpus_per_worker`` CPUs (and a GPU each with ``train.use_gpu``);
   ``resources.max_concurrent_trials`` defaults to what the cluster fits;
 - ``OptunaSearch`` with the define-by-run space of :mod:`tce_ray.search_space`, metric and
-  mode lists for several objectives; the explicit configurations are enqueued first (with
+  mode lists for several objectives; the Optuna study in ``<storage>/<name>/optuna.journal``
+  (or ``optuna_storage``; in memory for remote storage), see :mod:`tce_ray.optuna_store`; the explicit configurations are enqueued first (with
   ``search.seeds``: once per (configuration, seed), seed by seed; the seed becomes that
   trial's ``train.seed``; sampled trials run with the base ``train.seed``);
 - a failed trial (an error, a non-finite loss or objective) is recorded with status
@@ -177,7 +178,8 @@ def run_study(
     resume: bool = False,
     address: str | None = None,
     dashboard: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
+    callbacks: Sequence[Any] | None = None,
     check: bool = True,
     force_unlock: bool = False,
     connect_timeout_s: float | None = None,
@@ -188,12 +190,15 @@ def run_study(
     ``objectives`` overrides the config's: registry names, ``"module:function"`` or
     :class:`~tce_ray.objectives.Objective` objects (registered on the fly; objectives the
     workers cannot import are computed from each report's ``iou/<class>`` values).
-    ``storage`` overrides ``config.storage``. Before Ray starts: ``check`` runs
-    :func:`tce_ray.preflight.preflight` (``file``: the study file, for line numbers;
-    default: ``config`` when it is a path), then the study folder is locked
-    (:mod:`tce_ray.study_lock`; ``force_unlock`` replaces a lock object another study
-    left on remote storage). ``connect_timeout_s``: how long a cluster ``address`` is
-    waited for. Raises :class:`ConfigError` for an invalid study (a
+    ``storage`` overrides ``config.storage``. ``progress``: True (trial and study progress
+    with ETA and the best so far), ``"terse"`` (one line per trial event) or False.
+    ``callbacks``: more Tune callbacks (``ray.tune.Callback``: MLflow, W&B, your own), given
+    to Tune with the progress one (a new study; ``resume`` restores those of the first run).
+    Before Ray starts: ``check`` runs :func:`tce_ray.preflight.preflight` (``file``: the
+    study file, for line numbers; default: ``config`` when it is a path), then the study
+    folder is locked (:mod:`tce_ray.study_lock`; ``force_unlock`` replaces a lock object
+    another study left on remote storage). ``connect_timeout_s``: how long a cluster
+    ``address`` is waited for. Raises :class:`ConfigError` for an invalid study (a
     :class:`~tce_ray.preflight.PreflightError` when a trial could not work) and
     :class:`StudyError` when it cannot run as asked.
     """
@@ -209,7 +214,7 @@ def run_study(
     lock = _lock_study_folder(cfg, force_unlock)
     try:
         return _run_locked(cfg, objs, resume=resume, address=address, dashboard=dashboard, progress=progress,
-                           connect_timeout_s=connect_timeout_s)
+                           connect_timeout_s=connect_timeout_s, callbacks=callbacks)
     finally:
         lock.release()
 
@@ -240,12 +245,13 @@ def _lock_study_folder(cfg: StudyConfig, force: bool) -> Any:
 
 
 def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, address: str | None, dashboard: bool,
-                progress: bool, connect_timeout_s: float | None) -> StudyResult:
+                progress: bool | str, connect_timeout_s: float | None, callbacks: Sequence[Any] | None = None,
+                ) -> StudyResult:
     """The study once its folder is locked: Ray, the tuner, ``fit()``, the result files."""
     from .ray_env import DEFAULT_CONNECT_TIMEOUT_S, ClusterUnreachable, cluster_problem, ensure_ray, pickle_by_value, shipped_plugins
 
     try:  # an unreachable cluster address fails here, before Ray is even imported
-        local = ensure_ray(address, dashboard, quiet=not progress,
+        local = ensure_ray(address, dashboard, quiet=progress is not True,
                            connect_timeout_s=DEFAULT_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s)
     except ClusterUnreachable as exc:
         raise StudyError(str(exc)) from None
@@ -268,7 +274,12 @@ def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, addres
         tune.with_parameters(_trial, setup=setup), tune.PlacementGroupFactory([{"memory": 1}])
     )
     total = cfg.search.total_trials()
-    callbacks = [progress_callback(list(_modes(objs)), total, show_seed=bool(cfg.search.seeds))] if progress else []
+    callbacks = [
+        *([progress_callback(list(_modes(objs)), total, show_seed=bool(cfg.search.seeds), modes=_modes(objs),
+                             steps=cfg.run.train.steps, terse=progress == "terse",
+                             experiment_path=cfg.experiment_path())] if progress else []),
+        *(callbacks or []),
+    ]
     tuner = _restore_tuner(cfg, trainable, progress) if resume else _new_tuner(cfg, trainable, objs, callbacks, progress)
     result = write_study_results(tuner.fit(), cfg, _modes(objs))
     if progress:
@@ -349,37 +360,19 @@ def _new_tuner(cfg: StudyConfig, trainable: Any, objs: list[Objective], callback
         explicit = f"{n_conf} configurations x {len(seeds)} seeds" if seeds else f"{n_conf} explicit"
         print(f"study {cfg.name}: {total} trials ({explicit}), "
               f"objectives {', '.join(f'{o.key} ({o.mode})' for o in objs)}; results in {exp_path}")
+        from .optuna_store import describe_storage
+
+        print(describe_storage(cfg))
     return tuner
 
 
 def _searcher(cfg: StudyConfig, objs: list[Objective]) -> Any:
-    """``OptunaSearch`` over the study's space: a new Optuna study (in memory, or in
-    ``optuna_storage``) with the objectives' directions and the explicit trials queued."""
-    import optuna
+    """``OptunaSearch`` over the study's space: a new Optuna study (a journal file in
+    ``<storage>/<name>/``, the ``optuna_storage`` database, or in memory for remote storage;
+    see :mod:`tce_ray.optuna_store`) with the objectives named and the explicit trials queued."""
+    from .optuna_store import make_searcher
 
-    from .guarded_search import GuardedOptunaSearch
-    from .search_space import CONFIGURATION_ATTR, SearchSpace, build_sampler
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(cfg.optuna_storage) if cfg.optuna_storage else optuna.storages.InMemoryStorage()
-    sampler = build_sampler(cfg.search, len(objs))
-    guard = cfg.guard()  # the front guard's constraint (tce_ray.front_guard), set on each trial before its tell
-    try:
-        study = optuna.create_study(
-            storage=storage, sampler=sampler, study_name=cfg.name, directions=[o.direction for o in objs],
-        )
-    except optuna.exceptions.DuplicatedStudyError:
-        raise StudyError(
-            f"the Optuna storage {cfg.optuna_storage} already holds a study named {cfg.name!r}; "
-            "use --resume, another name, or delete it (optuna delete-study)"
-        ) from None
-    space = SearchSpace.from_config(cfg)
-    space.enqueue(study)
-    keys, modes = [o.key for o in objs], [o.mode for o in objs]  # Tune spells directions "max"/"min"
-    return GuardedOptunaSearch(
-        space=space, metric=keys if len(keys) > 1 else keys[0], mode=modes if len(keys) > 1 else modes[0],
-        sampler=sampler, storage=storage, study_name=cfg.name, guard=guard, configuration_attr=CONFIGURATION_ATTR,
-    )
+    return make_searcher(cfg, objs)[0]
 
 
 def _print_summary(result: StudyResult, total: int) -> None:

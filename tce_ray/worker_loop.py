@@ -80,6 +80,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from tce_ray.checkpointing import CHECKPOINT_FORMAT, load_training_state, save_training_state
+from tce_ray.confusion_io import save_confusion
 from tce_ray.data import build_dataset
 from tce_ray.evaluation import all_reduce_counters, all_reduce_sum, evaluate_confusion, evaluation_metrics, make_val_loader
 from tce_ray.live_metrics import LiveMetrics
@@ -493,6 +494,7 @@ class Worker:
     tilt: TiltFeedback | None  # stochastic TCE only
     hooks: StepHooks
     draws: ClassDraws | None = None  # batches drawn by class (stochastic TCE, rare-class sampling)
+    confusion: torch.Tensor | None = None  # the latest evaluation's confusion matrix (saved with the checkpoint)
 
 
 def setup_worker(config: dict[str, Any]) -> Worker:
@@ -727,6 +729,7 @@ def evaluate(w: Worker, step: int, lr: float, clock: StepClock) -> dict[str, Any
         for b in w.net.buffers():
             dist.broadcast(b, src=0)
     cm = evaluate_confusion(w.net, w.val_loader, len(w.class_names), w.device, autocast_dtype=w.amp.dtype)
+    w.confusion = cm
     losses = clock.window_losses
     loss_sum = torch.tensor([sum(losses), float(len(losses))], dtype=torch.float64, device=w.device)
     all_reduce_sum(loss_sum)
@@ -768,4 +771,6 @@ def report(w: Worker, step: int, metrics: dict[str, Any], weight_state: dict | N
     state = checkpoint_state(w, step, weight_state)
     with tempfile.TemporaryDirectory(prefix="tce-ckpt-") as d:
         save_training_state(d, state)
+        if w.confusion is not None:
+            save_confusion(d, w.confusion, w.class_names)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

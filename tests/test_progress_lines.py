@@ -1,0 +1,93 @@
+"""The study's progress lines (tune_callbacks.progress_callback) driven by hand: fake trials,
+a fake clock; what the full and the terse (--quiet) forms print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tce_ray import tune_callbacks
+from tce_ray.tune_callbacks import _duration, progress_callback
+
+
+@dataclass
+class FakeTrial:
+    trial_id: str
+    config: dict[str, Any] = field(default_factory=lambda: {"loss": {"name": "mcce"}})
+    status: str = "PENDING"
+    last_result: dict[str, Any] = field(default_factory=dict)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def clock(monkeypatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(tune_callbacks.time, "time", c)
+    return c
+
+
+def _drive(cb: Any, clock: Clock) -> None:
+    a, b, c = FakeTrial("a"), FakeTrial("b"), FakeTrial("c")
+    trials = [a, b, c]
+    cb.setup()
+    a.status = "RUNNING"
+    cb.on_trial_start(0, trials, a)
+    clock.now += 40  # start-up plus 10 steps
+    cb.on_trial_result(0, trials, a, {"step": 10, "worst_iou": 0.1, "iou_std": 0.3, "miou": 0.5})
+    clock.now += 20  # 10 more steps: 0.5 steps/s, 80 steps left
+    cb.on_trial_result(0, trials, a, {"step": 20, "worst_iou": 0.2, "iou_std": 0.25, "miou": 0.5})
+    a.status, a.last_result = "TERMINATED", {"step": 100, "worst_iou": 0.2, "iou_std": 0.25}
+    clock.now += 40  # 100 s since the start
+    cb.on_trial_complete(0, trials, a)
+    b.status = c.status = "RUNNING"  # two at once: c runs while b fails
+    cb.on_trial_start(0, trials, b)
+    clock.now += 100
+    b.status, b.last_result = "ERROR", {}
+    cb.on_trial_error(0, trials, b)
+    cb.on_trial_start(0, trials, c)
+    clock.now += 100
+    c.status, c.last_result = "TERMINATED", {"step": 100, "worst_iou": 0.15, "iou_std": 0.1}
+    cb.on_trial_complete(0, trials, c)
+
+
+def test_full_progress_lines(clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    cb = progress_callback(["worst_iou", "iou_std"], 4, modes={"worst_iou": "max", "iou_std": "min"}, steps=100,
+                           experiment_path="/r/study")
+    _drive(cb, clock)
+    out = capsys.readouterr().out
+    assert "\r" not in out and "\x1b" not in out
+    lines = out.splitlines()
+    assert lines[0].startswith("[     0s] logs: Ray workers' stdout/stderr in ") and "/r/study/trial_<id>/" in lines[0]
+    assert "report   a step 10/100 (10%), 4.0 s/step, ETA 6m00s: worst_iou=0.1000 iou_std=0.3000 miou=0.5000" in out
+    assert "report   a step 20/100 (20%), 2.0 s/step, ETA 2m40s:" in out
+    study = [ln for ln in lines if "] study    " in ln]
+    assert study[0].endswith("study    1/4 trials done (0 failed, 0 running), elapsed 1m40s, ETA 5m00s; "
+                             "best so far: worst_iou=0.2000 (a), iou_std=0.2500 (a)")
+    assert "2/4 trials done (1 failed, 1 running), elapsed 3m20s, ETA 3m20s" in study[1]
+    # worst_iou is maximised (a keeps it), iou_std minimised (c takes it)
+    assert study[2].endswith("3/4 trials done (1 failed, 0 running), elapsed 5m00s, ETA 1m40s; "
+                             "best so far: worst_iou=0.2000 (a), iou_std=0.1000 (c)")
+
+
+def test_terse_lines_are_todays(clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    cb = progress_callback(["worst_iou", "iou_std"], 4, modes={"worst_iou": "max", "iou_std": "min"}, steps=100,
+                           terse=True)
+    _drive(cb, clock)
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split("]", 1)[1].split()[0] for ln in lines] == [
+        "start", "report", "report", "finished", "start", "FAILED", "start", "finished"]
+    assert lines[1].endswith("report   a step 10: worst_iou=0.1000 iou_std=0.3000 miou=0.5000")
+    assert lines[5].endswith("FAILED   b [mcce] (2/4); the study goes on")
+
+
+def test_duration_text() -> None:
+    assert [_duration(s) for s in (0, 59.4, 60, 425, 3599, 3600, 7380)] == ["0s", "59s", "1m00s", "7m05s", "59m59s", "1h00m", "2h03m"]
