@@ -242,13 +242,10 @@ def _run_of_configurations(cfg: StudyConfig) -> list[tuple[str, RunSpec]]:
 
 def build_splits(data: DataSpec) -> tuple[Any, Any]:
     """The training and validation sets of a run's ``data`` section, as the workers build
-    them (``tce_ray.worker_loop.build_datasets``)."""
-    from .data import build_dataset
+    them (:func:`tce_ray.data.build_splits`)."""
+    from .data import build_splits as build
 
-    train = build_dataset(data.name, data.train_split, root=data.root, crop_size=data.crop_size,
-                          scale_range=tuple(data.scale_range), augment=True, **data.options)
-    val = build_dataset(data.name, data.val_split, root=data.root, augment=False, **data.options)
-    return train, val
+    return build(data)
 
 
 def _data_key(exc: BaseException, data: DataSpec) -> str:

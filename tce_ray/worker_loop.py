@@ -81,7 +81,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from tce_ray.checkpointing import CHECKPOINT_FORMAT, load_training_state, save_training_state
 from tce_ray.confusion_io import save_confusion
-from tce_ray.data import build_dataset
+from tce_ray.data import build_splits
 from tce_ray.evaluation import all_reduce_counters, all_reduce_sum, evaluate_confusion, evaluation_metrics, make_val_loader
 from tce_ray.live_metrics import LiveMetrics
 from tce_ray.losses import class_ce
@@ -118,10 +118,7 @@ def read_worker_pid(state_dir: str | RunState, rank: int) -> dict[str, Any] | No
 def build_datasets(run: RunSpec):
     """The training set (crop / scale / augmentation) and the validation set (no augmentation)."""
     d = run.data
-    train = build_dataset(
-        d.name, d.train_split, root=d.root, crop_size=d.crop_size, scale_range=tuple(d.scale_range), augment=True, **d.options
-    )
-    val = build_dataset(d.name, d.val_split, root=d.root, augment=False, **d.options)
+    train, val = build_splits(d)
     if train.num_classes != val.num_classes or tuple(train.class_names) != tuple(val.class_names):
         raise ValueError(
             f"train split {d.train_split!r} has classes {train.class_names} but val split {d.val_split!r} has "

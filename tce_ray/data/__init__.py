@@ -104,4 +104,14 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = [*sorted(_LAZY), "build_dataset", "list_datasets"]
+__all__ = [*sorted(_LAZY), "build_dataset", "build_splits", "list_datasets"]
+
+
+def build_splits(data: Any) -> tuple[Any, Any]:
+    """The training set (crop, scale, augmentation) and the validation set (no augmentation)
+    of a run's ``data`` section (a ``tce_ray.runspec.DataSpec``), as every worker and the
+    preflight build them."""
+    train = build_dataset(data.name, data.train_split, root=data.root, crop_size=data.crop_size,
+                          scale_range=tuple(data.scale_range), augment=True, **data.options)
+    val = build_dataset(data.name, data.val_split, root=data.root, augment=False, **data.options)
+    return train, val
