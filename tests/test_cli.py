@@ -142,7 +142,7 @@ def test_wait_for_an_unused_port_is_bounded():
     with pytest.raises(ClusterUnreachable) as ei:
         wait_for_address(f"127.0.0.1:{port}", 1.0, say=said.append, poll_s=0.1)
     took = time.monotonic() - t0
-    assert 0.9 <= took < 5
+    assert 0.9 <= took < 15  # bounded by the 1 s timeout (slack for a loaded machine)
     assert "\n" not in str(ei.value) and f"no Ray cluster answers at 127.0.0.1:{port} after 1 s" in str(ei.value)
     assert said == [f"waiting for the Ray cluster at 127.0.0.1:{port} (up to 1 s; Ctrl-C stops)"]
 
@@ -201,8 +201,8 @@ def test_ctrl_c_stops_the_wait_for_the_cluster(tmp_path):
     time.sleep(0.5)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    rest = proc.communicate(timeout=30)[1]
-    assert time.monotonic() - t0 < 10
+    rest = proc.communicate(timeout=60)[1]
+    assert time.monotonic() - t0 < 60  # well before the 300 s wait ends; generous for a loaded machine
     assert proc.returncode == EXIT_INTERRUPTED, "".join(seen) + rest
     assert "interrupted; continue with --resume" in rest and "Traceback" not in rest
 

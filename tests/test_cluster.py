@@ -66,6 +66,9 @@ def cluster(s3_server, tmp_path_factory):
         # Ray's 10 s so that a slow raylet on a loaded machine is not declared dead
         RAY_health_check_period_ms="2000",
         RAY_health_check_failure_threshold="3",
+        # Ray Train gives a worker group 60 s to start; three nodes on a loaded 2-core machine
+        # (CI next to other work) can need longer, which is not what these tests check
+        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="300",
     )
     # a node's raylet gives its dashboard agent a fixed 15 s to start: on a busy shared machine
     # the nodes start at a raised priority (root only), then run at the normal one
