@@ -61,6 +61,11 @@ def _epilog() -> str:
                       for code, text in EXIT_CODES.items())
     return (
         "exit codes:\n" + codes + "\n\n"
+        "the study file (README, 'The YAML schema'): the run's sections data, model, loss, optim,\n"
+        "train, sampling (how batches are drawn: mode default|rare_class, temperature,\n"
+        "image_power, class_crop; the defaults are the paper's Algorithm 1), objectives,\n"
+        "front_guard (no trial with mIoU more than max_drop below the reference's is on the\n"
+        "front), then search, scheduler, resources, optuna_storage, plugins.\n\n"
         "example: python -m tce_ray.study studies/synthetic_fairness.yaml  (the built-in data, ~20 min on 2 cores)"
     )
 
