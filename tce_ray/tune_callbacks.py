@@ -73,6 +73,7 @@ def progress_callback(
     the logs are (at the start), each report's step progress with its rate and the trial's
     ETA, and after each finished trial the study's trials done/total with an ETA and the
     best value so far of each objective."""
+    # Long because it defines the Callback class inside (Ray Tune is imported only when a study runs).
     from ray import tune
 
     class Progress(tune.Callback):

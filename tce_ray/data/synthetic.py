@@ -133,6 +133,8 @@ class _Canvas:
 
 def _scene(rng: np.random.Generator, h: int, w: int) -> _Canvas:
     """Draw one street scene's label map and flat colours (geometry stream)."""
+    # Long on purpose: one drawing sequence whose random draws, in this order, make the pixels the
+    # tests pin by checksum (tests/test_synthetic.py); split it and the order is easy to break.
     cv = _Canvas(h, w)
     yc, xr_ = _axes(h, w)  # y as a column [H,1], x as a row [1,W]: terms of one axis broadcast
     horizon = h * rng.uniform(0.36, 0.5)

@@ -232,6 +232,8 @@ def verify_dataset(
     once at the end if any progress line was given (default: stderr; None: silent).
     ``max_problems``: stop after this many bad files. Raises :class:`DataCheckError`.
     """
+    # Long because the worker ``one`` is a closure over the progress and stop state it shares
+    # with its thread pool; the steps are: cache look-up, the parallel check, the record.
     from .synthetic import SyntheticStreets  # numpy only
 
     label = f"{dataset.name}/{dataset.split}"
