@@ -120,11 +120,24 @@ def _positive_float(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on bad arguments
+    _interruptible()
     try:
         return _run(args)
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _interruptible() -> None:
+    """SIGINT stops the study (exit 130) however it was started: a shell starts a background
+    job (``cmd &``) with SIGINT ignored, and Python then never raises KeyboardInterrupt, so
+    ``kill -INT`` would not stop the wait for a cluster or the preflight (Ray Tune installs
+    its own handler later, for the trials)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _run(args: argparse.Namespace) -> int:
