@@ -128,10 +128,10 @@ def main(argv=None) -> int:
     def _src(n):
         return ", ".join(sorted({"%s s%d" % (r["src"], r["seed"]) for r in rows if r["name"] == n}))
     print("\nSources (results folder, seed): " + "; ".join(n + ": " + _src(n) for n in order if any(r["name"] == n for r in rows)))
-    syn = load([f"{root}/synthetic_r3"], 1000)
+    syn = load([f"{root}/synthetic_r3", f"{root}/synthetic_r3c"], 1000)
     if syn:
         print("\n### Synthetic\n")
-        summarise(syn, order=["MCCE", "sTCE t=1 batch (paper sampling)", "class-level TCE t=1", "class-balanced CE"])
+        summarise(syn, order=["MCCE", "sTCE t=1 batch (paper sampling)", "class-level TCE t=1", "class-balanced CE", "CE median-freq weights", "Dice + CE"])
     return 0
 
 
