@@ -367,6 +367,10 @@ class TiltFeedback:
         self.skipped_reports = 0  # steps whose crop cut the drawn class out (tilt_signal="class")
         self._live_due = 0.0
 
+    def batch_class(self) -> int:
+        """The class the next batch was drawn for (the loop reads it through :class:`ClassDraws`)."""
+        return self.sampler.pop_batch_class()
+
     def class_ce(self, loss_fn: nn.Module, masks: torch.Tensor, cls: int) -> torch.Tensor | None:
         """``[CE sum, pixels]`` of class ``cls`` for ``tilt_signal="class"`` (None for the batch
         signal), from the per-pixel CE the MCCE kept (``keep_pixel_ce``): no second pass."""
