@@ -352,7 +352,9 @@ def _new_tuner(cfg: StudyConfig, trainable: Any, objs: list[Objective], callback
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=cfg.storage,
             failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[*callbacks, HistoryKeeper()], verbose=0,  # every report on the storage at once
+            # the keeper first: a report is on the storage before any callback prints it (a kill
+            # right after the "report" line must not lose it)
+            callbacks=[HistoryKeeper(), *callbacks], verbose=0,
         ),
     )
     if progress:

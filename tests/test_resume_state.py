@@ -183,3 +183,30 @@ def test_resume_of_a_wrong_or_old_folder_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(StudyError, match="another version of tce-ray.*run it again as a new study") as info:
         _restore_tuner(cfg, None, False)
     assert "\n" not in str(info.value)
+
+
+def test_history_keeper_writes_a_report_before_any_other_callback_sees_it(tmp_path, monkeypatch):
+    """The "report" line is printed by a later callback: a kill right after it must not lose
+    the report (the kill test once lost step 1 that way)."""
+    from ray import tune
+
+    from tce_ray.objectives import resolve_objectives
+    from tce_ray.study import _new_tuner
+    from tce_ray.trial_history import HistoryKeeper
+
+    monkeypatch.setattr("tce_ray.ray_env.max_concurrent", lambda *a: 1)  # no Ray cluster to ask
+    cfg = _cfg(tmp_path)
+    seen: list[bool] = []
+
+    class Printer(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            seen.append((tmp_path / HISTORY_NAME).is_file())
+
+    tuner = _new_tuner(cfg, lambda config: None, resolve_objectives(cfg.run.objectives), [Printer()], False)
+    callbacks = tuner._local_tuner.get_run_config().callbacks
+    assert isinstance(callbacks[0], HistoryKeeper)
+    trial = types.SimpleNamespace(trial_id="a", storage=types.SimpleNamespace(
+        trial_fs_path=str(tmp_path), storage_filesystem=__import__("pyarrow.fs").fs.LocalFileSystem()))
+    for cb in callbacks:  # in Tune's order
+        cb.on_trial_result(0, [], trial, {"step": 1})
+    assert seen == [True]
