@@ -8,6 +8,8 @@ that endpoint.
 
 The gauges are created lazily, once per process (:func:`gauges`); a
 :class:`LiveMetrics` precomputes its tag dicts, so a step costs a few ``Gauge.set`` calls.
+Rank 0 also publishes its step for the study's progress lines between reports
+(:mod:`tce_ray.step_progress`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import math
 from typing import Sequence
 
 import numpy as np
+
+from .step_progress import StepPublisher
 
 _CLASS_TAGS = ("run", "class")
 _RANK_TAGS = ("run", "rank")
@@ -56,12 +60,15 @@ class LiveMetrics:
         self._g = gauges()
         self._rank_tags = {"run": run_name, "rank": str(int(rank))}
         self._class_tags = [{"run": run_name, "class": str(c)} for c in class_names]
+        self._progress = StepPublisher(run_name) if int(rank) == 0 else None
 
     def set_step(self, step: int, step_time_s: float, images_per_s: float) -> None:
         """Record one finished step (cheap: three ``set`` calls)."""
         self._g["step"].set(step, tags=self._rank_tags)
         self._g["step_time"].set(step_time_s, tags=self._rank_tags)
         self._g["images_per_s"].set(images_per_s, tags=self._rank_tags)
+        if self._progress is not None:
+            self._progress.update(step)
 
     def set_weights(self, weights: np.ndarray) -> None:
         """Record the class weights (one ``set`` per class)."""

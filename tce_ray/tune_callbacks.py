@@ -8,10 +8,15 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .step_progress import clear_step, read_step
+
 if TYPE_CHECKING:  # pragma: no cover
     from .objectives import Objective
 
-__all__ = ["with_objectives", "make_report_callback", "progress_callback", "finite"]
+__all__ = ["with_objectives", "make_report_callback", "progress_callback", "finite", "RUNNING_LINE_EVERY_S"]
+
+RUNNING_LINE_EVERY_S = 60.0
+"""Between a trial's reports, a "running" line with its step at most this often (seconds)."""
 
 
 def finite(v: Any) -> bool:
@@ -71,7 +76,9 @@ def progress_callback(
 
     ``terse``: one line per trial event (start, every report, end). Otherwise also: where
     the logs are (at the start), each report's step progress with its rate and the trial's
-    ETA, and after each finished trial the study's trials done/total with an ETA and the
+    ETA, every :data:`RUNNING_LINE_EVERY_S` between reports a "running" line with each
+    running trial's step, rate and ETA (the step rank 0 published,
+    :mod:`tce_ray.step_progress`), and after each finished trial the study's trials done/total with an ETA and the
     best value so far of each objective."""
     # Long because it defines the Callback class inside (Ray Tune is imported only when a study runs).
     from ray import tune
@@ -82,6 +89,7 @@ def progress_callback(
             self.seen: dict[str, tuple[float, int]] = {}  # trial id -> (time, step) of its last report
             self.best: dict[str, tuple[float, str]] = {}  # objective -> (value, trial id)
             self.finished_here = 0
+            self.last_beat = time.time()
 
         def setup(self, **info):  # noqa: ANN003 - a new (or resumed) experiment starts
             self.t0 = time.time()
@@ -102,6 +110,28 @@ def progress_callback(
             self.seen[trial.trial_id] = (time.time(), 0)
             self._say(f"start    {self._label(trial)}")
 
+        def on_step_end(self, iteration, trials, **info):  # noqa: ANN001 - Tune's loop, many times a second
+            now = time.time()
+            if terse or not steps or now - self.last_beat < RUNNING_LINE_EVERY_S:
+                return
+            self.last_beat = now
+            for trial in trials:
+                if trial.status == "RUNNING":
+                    self._running_line(trial)
+
+        def _running_line(self, trial) -> None:  # noqa: ANN001 - between reports: the step rank 0 published
+            got = read_step(trial.trial_id)
+            t_prev, s_prev = self.seen.get(trial.trial_id, (self.t0, 0))
+            if got is None or got[0] <= s_prev:
+                return
+            step, t = got
+            self.seen[trial.trial_id] = (t, step)
+            where = f"step {step}/{steps} ({100 * step / steps:.0f}%)"
+            if t > t_prev:
+                rate = (step - s_prev) / (t - t_prev)
+                where += f", {_rate(rate)}, ETA {_duration(max(0.0, steps - step) / rate)}"
+            self._say(f"running  {trial.trial_id} {where}")
+
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
             vals = " ".join(f"{n}={result[n]:.4f}" for n in keys if finite(result.get(n)))
             step = result.get("step")
@@ -117,10 +147,12 @@ def progress_callback(
             self._say(f"report   {trial.trial_id} {where}: {vals} miou={result.get('miou', float('nan')):.4f}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            clear_step(trial.trial_id)
             self._say(f"finished {self._label(trial)} ({self._done(trials, trial)}/{total})")
             self._study_line(trials, trial, ok=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            clear_step(trial.trial_id)
             self._say(f"FAILED   {self._label(trial)} ({self._done(trials, trial)}/{total}); the study goes on")
             self._study_line(trials, trial, ok=False)
 

@@ -91,3 +91,60 @@ def test_terse_lines_are_todays(clock: Clock, capsys: pytest.CaptureFixture[str]
 
 def test_duration_text() -> None:
     assert [_duration(s) for s in (0, 59.4, 60, 425, 3599, 3600, 7380)] == ["0s", "59s", "1m00s", "7m05s", "59m59s", "1h00m", "2h03m"]
+
+
+def test_running_lines_between_reports(clock: Clock, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    published: dict[str, tuple[int, float]] = {}
+    monkeypatch.setattr(tune_callbacks, "read_step", published.get)
+    cleared: list[str] = []
+    monkeypatch.setattr(tune_callbacks, "clear_step", cleared.append)
+    every = tune_callbacks.RUNNING_LINE_EVERY_S
+    for terse in (False, True):
+        cb = progress_callback(["worst_iou"], 1, modes={"worst_iou": "max"}, steps=100, terse=terse)
+        a, b = FakeTrial("a"), FakeTrial("b")
+        cb.setup()
+        a.status = "RUNNING"
+        cb.on_trial_start(0, [a, b], a)
+        start = clock.now
+        clock.now += every / 2
+        published["a"] = (5, clock.now)
+        cb.on_step_end(0, [a, b])  # too soon since the last line
+        clock.now = start + every + 10
+        published["a"], published["b"] = (14, clock.now), (50, clock.now)  # b is not running
+        cb.on_step_end(0, [a, b])
+        clock.now += every
+        cb.on_step_end(0, [a, b])  # no new step: no line
+        clock.now += 10
+        cb.on_trial_result(0, [a, b], a, {"step": 20, "worst_iou": 0.2, "miou": 0.5})
+        a.status = "TERMINATED"
+        cb.on_trial_complete(0, [a, b], a)
+        out = capsys.readouterr().out
+        running = [ln for ln in out.splitlines() if "] running " in ln]
+        if terse:
+            assert running == []
+            continue
+        # 14 steps in 70 s since the start: 5.0 s/step, 86 steps left
+        assert running == ["[    70s] running  a step 14/100 (14%), 5.0 s/step, ETA 7m10s"], out
+        # the report's rate counts from the running line: 6 steps in 70 s
+        assert "report   a step 20/100 (20%), 11.7 s/step, ETA 15m33s" in out, out
+    assert cleared == ["a", "a"]  # the finished trial's published step is dropped
+
+
+@pytest.mark.ray
+def test_step_publisher_round_trip_through_the_cluster(ray_session) -> None:
+    import ray
+
+    from tce_ray.step_progress import StepPublisher, clear_step, read_step
+
+    @ray.remote(num_cpus=0)
+    def worker(n: int) -> None:  # a Train worker's rank 0, in another process
+        pub = StepPublisher("run-kv-test", every_s=3600)
+        for step in range(1, n + 1):
+            pub.update(step)  # only the first update within the period is written
+
+    assert read_step("run-kv-test") is None
+    ray.get(worker.remote(5))
+    step, t = read_step("run-kv-test")
+    assert step == 1 and abs(t - __import__("time").time()) < 120
+    clear_step("run-kv-test")
+    assert read_step("run-kv-test") is None
