@@ -108,11 +108,11 @@ def main(argv=None) -> int:
     p.add_argument("--root", default="benchmarks/results/issue9", help="folder of the kept trials")
     root = p.parse_args(argv).root
     pilot = load([f"{root}/pilot", f"{root}/pilot_b", f"{root}/pilot_c", f"{root}/pilot_d"], 1200)
-    r3 = load([f"{root}/camvid_r3", f"{root}/camvid_r3b"], 1200)
+    r3 = load([f"{root}/camvid_r3", f"{root}/camvid_r3b", f"{root}/camvid_r3d"], 1200)
     repro = ("MCCE", "sTCE t=1 class, power 1 + crop")
     names_r3 = {r["name"] for r in r3}
     rows = [r for r in r3 if r["name"] not in repro] + [r for r in pilot if r["name"] not in names_r3 or r["name"] in repro]
-    order = ["MCCE", "Focal", "class-level TCE t=1", "class-balanced CE", "CE median-freq weights",
+    order = ["MCCE", "Focal", "class-level TCE t=1", "class-balanced CE", "CE median-freq weights", "Dice + CE", "Lovász",
              "sTCE t=1 batch (paper sampling)", "sTCE t=1 class (paper sampling)", "sTCE t=1 batch, power 1 + crop",
              "sTCE t=0.1 class, power 1 + crop", "sTCE t=1 class, power 1 + crop", "sTCE t=1 class, power 2 + crop",
              "MCCE + rare-class T=0.01, power 1 + crop", "MCCE + rare-class T=0.01, power 2 + crop"]
@@ -128,10 +128,10 @@ def main(argv=None) -> int:
     def _src(n):
         return ", ".join(sorted({"%s s%d" % (r["src"], r["seed"]) for r in rows if r["name"] == n}))
     print("\nSources (results folder, seed): " + "; ".join(n + ": " + _src(n) for n in order if any(r["name"] == n for r in rows)))
-    syn = load([f"{root}/synthetic_r3", f"{root}/synthetic_r3c"], 1000)
+    syn = load([f"{root}/synthetic_r3", f"{root}/synthetic_r3c", f"{root}/synthetic_r3d"], 1000)
     if syn:
         print("\n### Synthetic\n")
-        summarise(syn, order=["MCCE", "sTCE t=1 batch (paper sampling)", "class-level TCE t=1", "class-balanced CE", "CE median-freq weights", "Dice + CE"])
+        summarise(syn, order=["MCCE", "sTCE t=1 batch (paper sampling)", "class-level TCE t=1", "class-balanced CE", "CE median-freq weights", "Dice + CE", "Lovász"])
     return 0
 
 

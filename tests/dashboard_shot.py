@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -53,18 +54,18 @@ def screenshot(url: str, out: Path, *, wait_for: tuple[str, ...] = (), timeout_s
     chromium = find_chromium()
     if chromium is None:
         raise FileNotFoundError("no Chromium found (Debian: apt-get install chromium)")
-    with tempfile.TemporaryDirectory(prefix="tce-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="tce-chromium-", ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
         try:
             port = _devtools_port(proc, time.monotonic() + 30)
             return asyncio.run(_shoot(port, url, out, wait_for, timeout_s, size, token))
-        finally:
-            proc.kill()
+        finally:  # Chromium's own child processes (zygote, renderer, GPU) go with it
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
 
 
