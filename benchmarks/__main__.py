@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "train_throughput": ("benchmarks.bench_train_throughput", "images/s of a real Ray Train run (CPU; --gpu on a GPU)"),
     "pixel_share": ("benchmarks.bench_pixel_share", "share of each class's pixels in the training crops per sampling setting"),
     "trial_startup": ("benchmarks.bench_trial_startup", "a smoke trial's phases: fixed per-trial cost against its steps"),
+    "study_wall": ("benchmarks.bench_study_wall", "the smoke study's wall time, plain vs Ray's worker module preload, interleaved"),
     "search": ("benchmarks.bench_search", "NSGA-II / TPE / random: hypervolume of (worst IoU, IoU std) vs trials (~1 h; --quick: minutes)"),
 }
 

@@ -90,6 +90,7 @@ def progress_callback(
             self.best: dict[str, tuple[float, str]] = {}  # objective -> (value, trial id)
             self.finished_here = 0
             self.last_beat = time.time()
+            self.published: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) last read from the store
 
         def setup(self, **info):  # noqa: ANN003 - a new (or resumed) experiment starts
             self.t0 = time.time()
@@ -121,14 +122,17 @@ def progress_callback(
 
         def _running_line(self, trial) -> None:  # noqa: ANN001 - between reports: the step rank 0 published
             got = read_step(trial.trial_id)
-            t_prev, s_prev = self.seen.get(trial.trial_id, (self.t0, 0))
-            if got is None or got[0] <= s_prev:
+            if got is None:
                 return
             step, t = got
+            prev = self.published.get(trial.trial_id)
+            self.published[trial.trial_id] = got
+            if step <= self.seen.get(trial.trial_id, (self.t0, 0))[1]:
+                return  # nothing new since the last report or line
             self.seen[trial.trial_id] = (t, step)
             where = f"step {step}/{steps} ({100 * step / steps:.0f}%)"
-            if t > t_prev:
-                rate = (step - s_prev) / (t - t_prev)
+            if prev is not None and step > prev[0] and t > prev[1]:  # both times the worker's clock
+                rate = (step - prev[0]) / (t - prev[1])
                 where += f", {_rate(rate)}, ETA {_duration(max(0.0, steps - step) / rate)}"
             self._say(f"running  {trial.trial_id} {where}")
 

@@ -111,11 +111,15 @@ def test_running_lines_between_reports(clock: Clock, capsys: pytest.CaptureFixtu
         cb.on_step_end(0, [a, b])  # too soon since the last line
         clock.now = start + every + 10
         published["a"], published["b"] = (14, clock.now), (50, clock.now)  # b is not running
+        cb.on_step_end(0, [a, b])  # the first step read: no rate yet
+        cb.on_step_end(0, [a, b])  # too soon again
+        clock.now += every
+        published["a"] = (26, clock.now)
         cb.on_step_end(0, [a, b])
         clock.now += every
         cb.on_step_end(0, [a, b])  # no new step: no line
         clock.now += 10
-        cb.on_trial_result(0, [a, b], a, {"step": 20, "worst_iou": 0.2, "miou": 0.5})
+        cb.on_trial_result(0, [a, b], a, {"step": 30, "worst_iou": 0.2, "miou": 0.5})
         a.status = "TERMINATED"
         cb.on_trial_complete(0, [a, b], a)
         out = capsys.readouterr().out
@@ -123,10 +127,11 @@ def test_running_lines_between_reports(clock: Clock, capsys: pytest.CaptureFixtu
         if terse:
             assert running == []
             continue
-        # 14 steps in 70 s since the start: 5.0 s/step, 86 steps left
-        assert running == ["[    70s] running  a step 14/100 (14%), 5.0 s/step, ETA 7m10s"], out
-        # the report's rate counts from the running line: 6 steps in 70 s
-        assert "report   a step 20/100 (20%), 11.7 s/step, ETA 15m33s" in out, out
+        # 12 steps in the 60 s between two published steps: 5.0 s/step, 74 steps left
+        assert running == ["[    70s] running  a step 14/100 (14%)",
+                           "[   130s] running  a step 26/100 (26%), 5.0 s/step, ETA 6m10s"], out
+        # the report's rate counts from the last running line: 4 steps in 70 s (evaluation included)
+        assert "report   a step 30/100 (30%), 17.5 s/step, ETA 20m25s" in out, out
     assert cleared == ["a", "a"]  # the finished trial's published step is dropped
 
 
