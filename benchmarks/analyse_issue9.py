@@ -103,6 +103,22 @@ def summarise(rows, order=None, ref="MCCE", bottom=None, out=sys.stdout):
     return rows
 
 
+def versus(rows, pairs, out=sys.stdout):
+    """Head-to-head rows (after :func:`summarise` filled the criteria): A - B with Welch's p."""
+    pr = lambda *a: print(*a, file=out)
+    pr("\n| A vs B (A - B) | Δ mIoU (p) | Δ sorted bottom 25% (p) | Δ worst (p) | Δ std (p) |")
+    pr("|---|---|---|---|---|")
+    for a, b in pairs:
+        ga, gb = [r for r in rows if r["name"] == a], [r for r in rows if r["name"] == b]
+        if len(ga) < 2 or len(gb) < 2:
+            continue
+        cells = []
+        for key in ("miou", "b25", "worst", "std"):
+            c = compare([r[key] for r in ga], [r[key] for r in gb])
+            cells.append(f"{c.diff:+.2f} (p={c.p_welch:.2g})")
+        pr(f"| {a} vs {b} | " + " | ".join(cells) + " |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="benchmarks/results/issue9", help="folder of the kept trials")
@@ -125,6 +141,8 @@ def main(argv=None) -> int:
             print(f"- {n}, seed 0: mIoU {da.mean():.2f} (pilot) vs {db.mean():.2f} (main); largest per-class difference {np.abs(da-db).max():.2f} points")
     print()
     summarise(rows, order=[o for o in order if any(r["name"] == o for r in rows)])
+    versus(rows, [("class-level TCE t=1", "class-balanced CE"), ("Lovász", "class-balanced CE"),
+                  ("Dice + CE", "class-balanced CE"), ("Lovász", "Focal")])
     def _src(n):
         return ", ".join(sorted({"%s s%d" % (r["src"], r["seed"]) for r in rows if r["name"] == n}))
     print("\nSources (results folder, seed): " + "; ".join(n + ": " + _src(n) for n in order if any(r["name"] == n for r in rows)))
@@ -132,6 +150,7 @@ def main(argv=None) -> int:
     if syn:
         print("\n### Synthetic\n")
         summarise(syn, order=["MCCE", "sTCE t=1 batch (paper sampling)", "class-level TCE t=1", "class-balanced CE", "CE median-freq weights", "Dice + CE", "Lovász"])
+        versus(syn, [("class-level TCE t=1", "class-balanced CE"), ("Lovász", "class-balanced CE"), ("Dice + CE", "class-balanced CE")])
     return 0
 
 
