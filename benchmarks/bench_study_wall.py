@@ -12,8 +12,11 @@ Configurations:
     preload    ``RAY_preload_python_modules=torch,torchvision,tce_ray.worker_loop``: Ray's
                Python workers import these as they start (``--worker-preload-modules``),
                so workers Ray starts ahead of time hold torch before a trial lands on them.
+    baseline   another checkout of tce-ray (``--baseline-code DIR``, e.g. a ``git worktree``
+               of an older commit) running its own copy of the study file: before/after.
 
     python -m benchmarks.bench_study_wall [--rounds 3] [--configs plain preload] [--quick]
+    python -m benchmarks.bench_study_wall --configs plain baseline --baseline-code /tmp/old
 
 Writes ``benchmarks/out/study_wall_<config>.json`` (one file per configuration) and prints
 the per-round ratios against ``plain`` (median and range).
@@ -38,18 +41,22 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS: dict[str, dict[str, str]] = {
     "plain": {},
     "preload": {"RAY_preload_python_modules": "torch,torchvision,tce_ray.worker_loop"},
+    "baseline": {},
 }
 _LINE = re.compile(r"^\[\s*(\d+)s\] (start|report|finished)\s+(\w+)")
 
 
-def run_once(config: str, study: Path, work: Path) -> dict[str, Any]:
-    """One study run; its wall time and each trial's start -> first report (seconds)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0", **CONFIGS[config])
+def run_once(config: str, study: Path, work: Path, code: Path = ROOT) -> dict[str, Any]:
+    """One study run of the checkout ``code``; its wall time and each trial's start -> first
+    report (seconds)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(code), **CONFIGS[config])
     env.pop("RAY_ADDRESS", None)
+    if code != ROOT:  # the other checkout's own copy of the study file
+        study = code / study.resolve().relative_to(ROOT)
     storage = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=work))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "tce_ray.study", str(study), "--storage", str(storage)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+                          cwd=code, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{config}: the study failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -71,17 +78,21 @@ def run_once(config: str, study: Path, work: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=sorted(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=["plain", "preload"], choices=sorted(CONFIGS))
     p.add_argument("--study", default=str(ROOT / "studies" / "smoke.yaml"))
+    p.add_argument("--baseline-code", type=Path, help="the checkout the 'baseline' configuration runs")
     p.add_argument("--quick", action="store_true", help="one round")
     args = p.parse_args(argv)
+    if "baseline" in args.configs and not args.baseline_code:
+        p.error("the 'baseline' configuration needs --baseline-code DIR")
     rounds = 1 if args.quick else args.rounds
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tce-study-wall-") as work:
         for r in range(rounds):
             order = args.configs if r % 2 == 0 else list(reversed(args.configs))
             for c in order:
-                res = run_once(c, Path(args.study), Path(work))
+                code = args.baseline_code.resolve() if c == "baseline" else ROOT
+                res = run_once(c, Path(args.study), Path(work), code)
                 res["round"] = r
                 runs.append(res)
                 print(f"round {r} {c}: wall {res['wall_s']:.1f} s, start -> first report {res['start_to_first_report_s']}",
@@ -102,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         table.append(row)
         write_results(f"study_wall_{c}{'_quick' if args.quick else ''}", [x for x in runs if x["config"] == c],
                       {"study": args.study, "rounds": rounds, "env": CONFIGS[c], "summary": row,
+                       "code": str(args.baseline_code) if c == "baseline" else str(ROOT),
                        "machine": "2 CPU cores; see RESULTS.md for the load during the run"})
     print_table(table)
     return 0
