@@ -154,20 +154,22 @@ def test_camvid_study_is_the_seeded_fairness_experiment(tmp_path, monkeypatch):
         ("ce_weighted", None, None),
         ("tce_stochastic", 1.0, "batch"), ("tce_stochastic", 1.0, "class"),
         ("tce_stochastic", 1.0, "class"), ("tce_stochastic", 0.1, "class"), ("mcce", None, None),
+        ("dice", None, None), ("lovasz", None, None),
     ]
     assert cfg.search.configurations[1].focal_alpha == "inverse_frequency"
     runs = [cfg.run.merged(c.overrides()) for c in cfg.search.configurations]
     assert all(r.loss.gamma == 0.1 for r in runs if r.loss.name == "tce_stochastic")
     paper = runs[5].sampling  # the paper's Algorithm 1: uniform over D_c, random crops
     assert (paper.mode, paper.image_power, paper.class_crop) == ("default", 0.0, False)
-    assert [(r.sampling.mode, r.sampling.image_power, r.sampling.class_crop) for r in runs[7:]] == [
+    assert [(r.sampling.mode, r.sampling.image_power, r.sampling.class_crop) for r in runs[7:10]] == [
         ("default", 1.0, True), ("default", 1.0, True), ("rare_class", 1.0, True)]
+    assert runs[10].loss.ce_weight == 1.0  # Dice + CE
     s = cfg.search
     assert s.num_samples == 6 and s.losses == ["tce_stochastic", "tce_class"]
     assert (s.t.low, s.t.high, s.t.log) == (0.05, 5.0, True)
     assert (s.gamma.low, s.gamma.high) == (0.05, 1.0) and s.tilt_signal == ["batch", "class"]
     assert (s.image_power.low, s.image_power.high) == (0.0, 2.0) and s.class_crop == [False, True]
-    assert s.total_trials() == 10 * 3 + 6
+    assert s.total_trials() == 12 * 3 + 6
 
 
 def test_missing_name_and_empty_study(tmp_path):

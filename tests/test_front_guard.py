@@ -208,13 +208,13 @@ def test_constraint_values():
     assert constraint_value(0.3, [0.5, 0.7], 0.1) == pytest.approx(0.2)
 
 
-def test_the_study_searcher_records_the_constraint_before_each_tell():
+def test_the_study_searcher_records_the_constraint_before_each_tell(tmp_path):
     """study._searcher wires the guard: Ray's OptunaSearch API driven by hand (no Ray cluster)."""
     from tce_ray.objectives import resolve_objectives
     from tce_ray.study import _searcher
 
     cfg = parse_config({
-        "name": "g", "data": {"name": "synthetic"}, "loss": {"name": "mcce"},
+        "name": "g", "storage": str(tmp_path), "data": {"name": "synthetic"}, "loss": {"name": "mcce"},
         "search": {"sampler": "nsga2", "configurations": [{"name": "mcce"}, {"name": "focal"}], "num_samples": 1},
         "front_guard": {"max_drop": 0.05},
     })
