@@ -306,12 +306,12 @@ def build_sampler(search: SearchSpec, num_objectives: int) -> optuna.samplers.Ba
 
     NSGA-II samples its first generation at random; with fewer trials than
     ``population_size`` it is a seeded random search, which is all a tiny study can do."""
-    import optuna
+    from . import samplers
 
     kind = search.sampler or ("nsga2" if num_objectives > 1 else "tpe")
     if kind == "nsga2":
         pop = search.population_size or min(50, max(2, search.total_trials() // 2))
-        return optuna.samplers.NSGAIISampler(population_size=pop, seed=search.seed)
+        return samplers.picklable(samplers.NSGAIISampler(population_size=pop, seed=search.seed))
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=search.seed)
-    return optuna.samplers.RandomSampler(seed=search.seed)
+        return samplers.picklable(samplers.TPESampler(seed=search.seed))
+    return samplers.picklable(samplers.RandomSampler(seed=search.seed))
