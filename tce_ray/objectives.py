@@ -89,13 +89,25 @@ class Objective:
 
 
 def register_objective(
-    name: str, direction: Direction | Literal["max", "min"], *, override: bool = False
+    name: str, direction: Direction | Literal["max", "min"] | None = None, *, override: bool = False,
+    mode: Literal["max", "min"] | None = None,
 ) -> Callable[[ObjectiveFn], ObjectiveFn]:
     """Decorator registering ``fn`` under ``name``; returns ``fn`` unchanged.
 
     ``direction`` is "maximize" or "minimize" ("max"/"min" accepted). A name already
-    registered raises ValueError unless ``override=True``.
+    registered raises ValueError unless ``override=True``. ``mode=`` is the first
+    release's spelling of ``direction``: accepted with a ``DeprecationWarning``.
     """
+    if mode is not None:
+        import warnings
+
+        if direction is not None:
+            raise TypeError(f"register_objective({name!r}): give direction= or the old mode=, not both")
+        warnings.warn("register_objective(mode=...) is deprecated; use direction= ('maximize'/'minimize' or 'max'/'min')",
+                      DeprecationWarning, stacklevel=2)
+        direction = mode
+    if direction is None:
+        raise TypeError(f"register_objective({name!r}) needs direction= ('maximize' or 'minimize')")
     if not isinstance(name, str) or not name or ":" in name:
         raise ValueError(f"objective name must be a non-empty str without ':', got {name!r}")
     direction = _direction(name, direction)

@@ -148,3 +148,19 @@ def test_module_function_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         get_objective("no_such_module_xyz:f")
     with pytest.raises(ValueError, match="package.module:function"):
         get_objective(":f")
+
+
+def test_the_first_releases_mode_spelling_still_registers_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="direction="):
+        register_objective("old_mode_max", mode="max", override=True)(lambda iou: float(np.nanmax(iou)))
+    assert get_objective("old_mode_max").direction == "maximize"
+    with pytest.warns(DeprecationWarning):
+        register_objective("old_mode_min", mode="min", override=True)(lambda iou: 0.0)
+    assert get_objective("old_mode_min").direction == "minimize"
+
+
+def test_direction_and_mode_together_or_neither_are_refused():
+    with pytest.raises(TypeError, match="not both"):
+        register_objective("both", "max", mode="max")
+    with pytest.raises(TypeError, match="needs direction"):
+        register_objective("neither")
