@@ -5,7 +5,7 @@ benchmarks/results/issue9/ (params.json + result.json of every trial used):
     python -m benchmarks.analyse_issue9 --root DIR # the same from another copy
 
 Per-seed rows at the last step; per configuration: mean ± std over seeds, the difference
-from MCCE with Welch's p (tce_ray.stats) and a 95 % bootstrap interval for the sorted
+from MCCE with Welch's p (tce_ray.core.stats) and a 95 % bootstrap interval for the sorted
 bottom 25 %. CamVid uses the pilot's seeds (branch rcs, reproduced by main, see RESULTS.md)
 for MCCE and stochastic TCE t=1 class + power 1 + crop, whose round-3 seed-0 reruns are the
 reproduction check; every other configuration uses the round-3 studies where they ran it.
@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from tce_ray.stats import compare
+from tce_ray.core.stats import compare
 
 def final(d):
     L = [l for l in open(f"{d}/result.json").read().splitlines() if l.strip()]

@@ -22,7 +22,7 @@ import numpy as np
 import ray
 
 from benchmarks._common import print_table, write_results
-from tce_ray.weights_actor import ClassWeightActor
+from tce_ray.train.weights_actor import ClassWeightActor
 
 K = 19
 REPORTERS = 8

@@ -1,6 +1,6 @@
 """The class-weight actor at cluster scale: 16, 64 and 256 simulated workers against ONE actor.
 
-Each simulated worker behaves like a training worker with a :class:`~tce_ray.weights_actor.
+Each simulated worker behaves like a training worker with a :class:`~tce_ray.train.weights_actor.
 WeightClient`: every ``--step-ms`` (a training step) it reads its cached weights (the
 sampler's draw), buffers one ``(class, loss)`` report, and every ``sync_every`` steps sends
 the buffered reports with a request for fresh weights in ONE ``report_and_get`` call, never
@@ -41,7 +41,7 @@ import numpy as np
 import ray
 
 from benchmarks._common import print_table, write_results
-from tce_ray.weights_actor import ClassWeightActor
+from tce_ray.train.weights_actor import ClassWeightActor
 
 K = 19
 MAX_INFLIGHT = 4  # WeightClient's default

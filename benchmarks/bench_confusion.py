@@ -1,4 +1,4 @@
-"""How fast is tce_ray.metrics.confusion_matrix (validation included) vs the obvious code?
+"""How fast is tce_ray.core.metrics.confusion_matrix (validation included) vs the obvious code?
 
 19 classes, a 2x1024x2048 int64 pred/target batch (Cityscapes size), ~10% ignore (255)
 pixels. Compares, by the median of N timed calls: the project's function, the
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from benchmarks._common import median, print_table, time_ms, write_results
-from tce_ray.metrics import confusion_matrix
+from tce_ray.core.metrics import confusion_matrix
 
 NUM_CLASSES = 19
 IGNORE = 255

@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader
 
 from benchmarks._common import print_table, write_results
 from tce_ray.data import build_dataset
-from tce_ray.losses import MCCE
+from tce_ray.core.losses import MCCE
 from tce_ray.models import deeplabv3plus
-from tce_ray.sampling import ClassIndex, TiltedBatchSampler
+from tce_ray.data.sampling import ClassIndex, TiltedBatchSampler
 
 MIN_RATIO = 3.0
 LOADER_WORKERS = 2

@@ -44,7 +44,7 @@ import torch
 from benchmarks._common import print_table, write_results
 from benchmarks.bench_loader import camvid_root
 from tce_ray.data import SegmentationTransform, build_dataset
-from tce_ray.sampling import ClassIndex, StaticClassWeights, TiltedBatchSampler, rare_class_probabilities
+from tce_ray.data.sampling import ClassIndex, StaticClassWeights, TiltedBatchSampler, rare_class_probabilities
 
 BLOCKS = 10
 

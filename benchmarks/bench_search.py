@@ -195,7 +195,7 @@ def run_one(cfg: dict) -> tuple[list[dict[str, Any]], float]:
     (so that an interrupted benchmark continues where it stopped)."""
     import pandas as pd
 
-    from tce_ray.study import run_study
+    from tce_ray.study.runner import run_study
 
     done = Path(cfg["storage"]) / cfg["name"]
     if (done / "trials.parquet").exists() and (done / "bench_wall_s.txt").exists():

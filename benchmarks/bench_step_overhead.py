@@ -1,6 +1,6 @@
 """What does stochastic TCE's machinery cost per training step, measured so that 1 % can be told from 3 %?
 
-Part 1, end to end: full runs of ``tce_ray.train`` (its real worker loop) on 2 CPU workers
+Part 1, end to end: full runs of ``tce_ray.train.trainer`` (its real worker loop) on 2 CPU workers
 (DDP, gloo), the same model (DeepLabv3+ "tiny"), data and batch: MCCE with ordinary
 distributed shuffling (A) against stochastic TCE (B: TiltedBatchSampler drawing from the
 shared weights + non-blocking reports to the ClassWeightActor, synced every
@@ -45,11 +45,11 @@ from torch.utils.data import DistributedSampler
 
 from benchmarks._common import init_ray, print_table, write_results
 from tce_ray.data import build_dataset
-from tce_ray.losses import per_class_ce
-from tce_ray.runspec import RunSpec
-from tce_ray.sampling import ClassIndex, TiltedBatchSampler
-from tce_ray.train import build_trainer, start_weight_actor
-from tce_ray.weights_actor import WeightClient, create_weight_actor
+from tce_ray.core.losses import per_class_ce
+from tce_ray.train.runspec import RunSpec
+from tce_ray.data.sampling import ClassIndex, TiltedBatchSampler
+from tce_ray.train.trainer import build_trainer, start_weight_actor
+from tce_ray.train.weights_actor import WeightClient, create_weight_actor
 
 TARGET_RATIO = 1.01
 MACHINE_NOTE = "2 shared CPU cores (other helpers' work running at the same time)"
@@ -231,7 +231,7 @@ def machinery_profile(args: argparse.Namespace, n: int) -> list[dict]:
 
         pixel_ce = None
         try:  # since the loop reads the class signal from the loss's kept per-pixel CE
-            from tce_ray.losses import MCCE, class_ce
+            from tce_ray.core.losses import MCCE, class_ce
 
             keep = MCCE(keep_pixel_ce=True)
             keep(logits, masks)  # the training loss's forward (paid by MCCE anyway)

@@ -9,7 +9,7 @@ Ray's own start included).
 
 Configurations:
     plain      Ray as tce-ray starts it.
-    preload    ``RAY_preload_python_modules=torch,torchvision,tce_ray.worker_loop``: Ray's
+    preload    ``RAY_preload_python_modules=torch,torchvision,tce_ray.train.worker_loop``: Ray's
                Python workers import these as they start (``--worker-preload-modules``),
                so workers Ray starts ahead of time hold torch before a trial lands on them.
     baseline   another checkout of tce-ray (``--baseline-code DIR``, e.g. a ``git worktree``
@@ -40,7 +40,7 @@ from benchmarks._common import print_table, write_results
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS: dict[str, dict[str, str]] = {
     "plain": {},
-    "preload": {"RAY_preload_python_modules": "torch,torchvision,tce_ray.worker_loop"},
+    "preload": {"RAY_preload_python_modules": "torch,torchvision,tce_ray.train.worker_loop"},
     "baseline": {},
 }
 _LINE = re.compile(r"^\[\s*(\d+)s\] (start|report|finished)\s+(\w+)")

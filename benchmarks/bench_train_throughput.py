@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_train_throughput [--quick] [--gpu] [--backbone tiny] ...
 
-Runs ``tce_ray.train.run_training`` (TorchTrainer, DDP over ``--workers``; gloo on CPU,
+Runs ``tce_ray.train.trainer.run_training`` (TorchTrainer, DDP over ``--workers``; gloo on CPU,
 NCCL and autocast on GPU) on the built-in synthetic data for MCCE and stochastic TCE,
 and reports the images/s and median step time the workers measured.
 """
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from tce_ray.runspec import RunSpec
-    from tce_ray.train import run_training
+    from tce_ray.train.runspec import RunSpec
+    from tce_ray.train.trainer import run_training
 
     workers = args.workers or (1 if args.gpu else 2)
     size = args.image_size or ([48, 64] if args.quick else ([512, 1024] if args.gpu else [96, 128]))

@@ -1,6 +1,6 @@
 """Where does a short trial's time go? The fixed per-trial cost against the steps.
 
-Runs ``tce_ray.train.run_training`` for the smoke study's run (``studies/smoke.yaml``:
+Runs ``tce_ray.train.trainer.run_training`` for the smoke study's run (``studies/smoke.yaml``:
 synthetic 48x64, tiny model, 2 workers, 4 steps, an evaluation and a checkpoint every 2)
 with every phase timestamped, once for MCCE and once for stochastic TCE, in one Ray
 session (Ray's own start is timed too). The worker-side phases are timed by wrapping the
@@ -90,7 +90,7 @@ def instrumented_loop(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker entry: wrap the loop's helpers with timestamps, then run the real loop."""
     import ray.train.torch
 
-    import tce_ray.train as tr
+    import tce_ray.train.trainer as tr
 
     os.environ[_LOG_ENV] = config["startup_log"]
     _stamp("loop:start")
@@ -135,8 +135,8 @@ def phases(events: list[dict[str, Any]], t_fit: float, t_fit_end: float, rank: i
 def one(loss: str, args: argparse.Namespace, storage: str) -> dict[str, Any]:
     import ray
 
-    import tce_ray.train as tr
-    from tce_ray.config import load_config
+    import tce_ray.train.trainer as tr
+    from tce_ray.study.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml")
     run = cfg.run_for({"name": loss})

@@ -1,7 +1,7 @@
 """The study command: ``python -m tce_ray.study PATH [--storage DIR] [--resume] ...``.
 
-Validates the file, then checks what every trial needs (:mod:`tce_ray.preflight`; no Ray
-is imported for either), then runs :func:`tce_ray.study.run_study`. The exit codes
+Validates the file, then checks what every trial needs (:mod:`tce_ray.study.preflight`; no Ray
+is imported for either), then runs :func:`tce_ray.study.runner.run_study`. The exit codes
 (:data:`EXIT_CODES`) are listed in ``--help`` and the README.
 """
 
@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .config import ConfigError, load_config
+from tce_ray.study.config import ConfigError, load_config
 
 __all__ = [
     "build_parser", "main", "exit_code", "EXIT_CODES",
@@ -71,7 +71,7 @@ def _epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .ray_env import DEFAULT_CONNECT_TIMEOUT_S  # no Ray imported by this module
+    from tce_ray.train.ray_env import DEFAULT_CONNECT_TIMEOUT_S  # no Ray imported by this module
 
     p = argparse.ArgumentParser(
         prog="python -m tce_ray.study",
@@ -150,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.dry_run:
         return dry_run(cfg, args)
-    from .study import StudyError, run_study  # Ray is imported by run_study, after the preflight
+    from tce_ray.study.runner import StudyError, run_study  # Ray is imported by run_study, after the preflight
 
     try:
         result = run_study(cfg, resume=args.resume, address=args.address, dashboard=args.dashboard,
@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_observe_arguments(p: argparse.ArgumentParser) -> None:
     """``--version``, repeated ``--set KEY.PATH=VALUE``, ``--dry-run`` and ``--step-seconds``."""
-    from . import __version__
+    from tce_ray import __version__
 
     p.add_argument("--version", action="version", version=f"tce-ray {__version__}")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -190,7 +190,7 @@ def add_observe_arguments(p: argparse.ArgumentParser) -> None:
 
 def dry_run(cfg: Any, args: argparse.Namespace) -> int:
     """Print the plan of the validated study ``cfg``; 0."""
-    from .plan import format_plan
+    from tce_ray.study.plan import format_plan
 
     if args.step_seconds is not None and not args.step_seconds > 0:
         print(f"error: --step-seconds must be > 0 (got {args.step_seconds})", file=sys.stderr)

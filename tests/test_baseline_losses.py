@@ -1,4 +1,4 @@
-"""Tests of tce_ray.baseline_losses against independent float64 references (loops, set
+"""Tests of tce_ray.core.baseline_losses against independent float64 references (loops, set
 functions, hard-prediction identities) and numbers from the authors' Lovász code.
 
 That the module does not import Ray is checked in tests/test_package.py."""
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tce_ray.baseline_losses import (
+from tce_ray.core.baseline_losses import (
     WEIGHT_SCHEMES,
     ClassBalancedCrossEntropy,
     LovaszSoftmax,
@@ -27,8 +27,8 @@ from tce_ray.baseline_losses import (
     median_frequency_weights,
     resolve_class_weights,
 )
-from tce_ray.losses import MCCE, TiltedCrossEntropy, focal_alpha_from_frequencies
-from tce_ray.sampling import ClassIndex
+from tce_ray.core.losses import MCCE, TiltedCrossEntropy, focal_alpha_from_frequencies
+from tce_ray.data.sampling import ClassIndex
 
 IGN = 255
 K = 5
@@ -702,7 +702,7 @@ def test_cuda_matches_cpu(loss):
 
 # ----------------------------------------------------------------- registry
 def test_baselines_are_built_by_name():
-    from tce_ray.losses import LOSS_NAMES, build_loss
+    from tce_ray.core.losses import LOSS_NAMES, build_loss
 
     assert {"ce_weighted", "ce_balanced", "lovasz", "dice"} <= set(LOSS_NAMES)
     counts = np.array([[10, 0, 5, 0, 1], [20, 2, 0, 0, 1], [0, 0, 3, 0, 1]])

@@ -1,4 +1,4 @@
-"""tce_ray.checkpointing: what a checkpoint holds, written and read back, and what it refuses."""
+"""tce_ray.train.checkpointing: what a checkpoint holds, written and read back, and what it refuses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from tce_ray.checkpointing import (
+from tce_ray.train.checkpointing import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
     REQUIRED_KEYS,
@@ -15,7 +15,7 @@ from tce_ray.checkpointing import (
     save_training_state,
 )
 from tce_ray.models import deeplabv3plus
-from tce_ray.weights_actor import state_hash
+from tce_ray.train.weights_actor import state_hash
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from tce_ray.data import SegmentationTransform, SyntheticStreets
-from tce_ray.sampling import (
+from tce_ray.data.sampling import (
     ClassIndex,
     StaticClassWeights,
     TiltedBatchSampler,

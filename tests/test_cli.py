@@ -23,7 +23,7 @@ from tce_ray import cli
 from tce_ray.cli import (
     EXIT_ALL_FAILED, EXIT_BAD_INPUT, EXIT_CODES, EXIT_INTERRUPTED, EXIT_NOT_RUN, EXIT_OK, EXIT_SOME_FAILED, exit_code,
 )
-from tce_ray.ray_env import ClusterUnreachable, _host_port, wait_for_address
+from tce_ray.train.ray_env import ClusterUnreachable, _host_port, wait_for_address
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "studies" / "smoke.yaml")  # 2 trials
@@ -68,7 +68,7 @@ class _FakeResult:
 
 
 def _fake_run_study(monkeypatch, outcome):
-    import tce_ray.study as study
+    import tce_ray.study.runner as study
 
     seen = {}
 
@@ -98,8 +98,8 @@ def test_main_maps_the_study_outcome_to_its_code(monkeypatch, capsys, outcome, c
 
 
 def test_main_bad_input_and_not_run(monkeypatch, capsys, tmp_path):
-    from tce_ray.config import ConfigError
-    from tce_ray.study import StudyError
+    from tce_ray.study.config import ConfigError
+    from tce_ray.study.runner import StudyError
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ntrain: {steps: 0}\n")
@@ -211,7 +211,7 @@ def test_ctrl_c_stops_the_wait_for_the_cluster(tmp_path):
 
 
 def test_a_second_study_on_a_locked_folder_is_refused_naming_the_holder(tmp_path):
-    from tce_ray.study_lock import acquire_study_lock
+    from tce_ray.study.study_lock import acquire_study_lock
 
     with acquire_study_lock(tmp_path / "r" / "smoke") as lock:
         proc = subprocess.run(_study_cmd(tmp_path, "--quiet"), cwd=ROOT, env=_env(), capture_output=True, text=True,
@@ -223,12 +223,12 @@ def test_a_second_study_on_a_locked_folder_is_refused_naming_the_holder(tmp_path
 
 
 def test_a_killed_holder_leaves_no_lock_and_force_unlock_reaches_the_lock(tmp_path, monkeypatch):
-    from tce_ray.config import load_config
-    from tce_ray.study import StudyError, _lock_study_folder
-    import tce_ray.study_lock as study_lock
+    from tce_ray.study.config import load_config
+    from tce_ray.study.runner import StudyError, _lock_study_folder
+    import tce_ray.study.study_lock as study_lock
 
     cfg = load_config(SMOKE).model_copy(update={"storage": str(tmp_path)})
-    code = ("import sys, time\nfrom tce_ray.study_lock import acquire_study_lock\n"
+    code = ("import sys, time\nfrom tce_ray.study.study_lock import acquire_study_lock\n"
             f"acquire_study_lock({cfg.experiment_path()!r})\nprint('LOCKED', flush=True)\ntime.sleep(300)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

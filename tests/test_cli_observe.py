@@ -15,9 +15,9 @@ import pytest
 
 import tce_ray
 from tce_ray.cli import main
-from tce_ray.config import ConfigError, load_config
-from tce_ray.overrides import apply_overrides, parse_override
-from tce_ray.plan import TRIAL_STARTUP_SECONDS, format_plan, make_plan
+from tce_ray.study.config import ConfigError, load_config
+from tce_ray.study.overrides import apply_overrides, parse_override
+from tce_ray.study.plan import TRIAL_STARTUP_SECONDS, format_plan, make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "studies" / "smoke.yaml")

@@ -14,7 +14,7 @@ that no run state lands on a node's disk. The studies run through the CLI with
 ``--address`` (this process never connects to the cluster: its session Ray stays as it is).
 
 1. The smoke study on the cluster with ``storage: s3://...``: interrupted (SIGINT) after its
-   first trial, resumed with ``--resume``, reported with ``python -m tce_ray.report s3://...``;
+   first trial, resumed with ``--resume``, reported with ``python -m tce_ray.results.report s3://...``;
    the trials' workers ran on several nodes and the weight actor on another node than one of
    them; results, checkpoints and run state are in the bucket, none on a node's disk.
 2. A node lost in the middle of a stochastic-TCE trial: after the first checkpoint is
@@ -109,7 +109,7 @@ def _read_json(fs, path: str):
 
 @pytest.mark.timeout(1200)
 def test_smoke_study_on_the_cluster_with_s3_storage_runs_resumes_and_reports(cluster, s3_server, tmp_path):
-    from tce_ray.results import read_tables
+    from tce_ray.results.tables import read_tables
 
     t0 = time.monotonic()
     prefix = "smoke-cluster"
@@ -184,7 +184,7 @@ def test_smoke_study_on_the_cluster_with_s3_storage_runs_resumes_and_reports(clu
 
     # the report command on the s3 path rebuilds report.md in the bucket from the Parquet files
     fs.delete_file(f"{base}/report.md")
-    rep = subprocess.run([sys.executable, "-m", "tce_ray.report", f"{storage}/smoke"], cwd=ROOT, env=env,
+    rep = subprocess.run([sys.executable, "-m", "tce_ray.results.report", f"{storage}/smoke"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stderr[-3000:]
     with fs.open_input_stream(f"{base}/report.md") as f:
@@ -289,7 +289,7 @@ def test_a_lost_node_mid_trial_restarts_it_from_its_checkpoint_with_the_weight_s
     assert victim.node_id not in {a["node_id"] for a in after}
     assert _read_json(fs, f"{run_dir}/tce_state/class_weights.json")["node_id"] != victim.node_id
 
-    from tce_ray.results import read_tables
+    from tce_ray.results.tables import read_tables
 
     os.environ.update(s3_server.env)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tce_ray.config import ConfigError, StudyConfig, expand_env, load_config, parse_config
+from tce_ray.study.config import ConfigError, StudyConfig, expand_env, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "studies"
@@ -313,7 +313,7 @@ def test_cli_missing_data_and_help():
 def test_validation_does_not_import_ray(tmp_path):
     p = _write(tmp_path, GOOD)
     code = (
-        "import sys; from tce_ray.config import load_config; load_config(sys.argv[1]); "
+        "import sys; from tce_ray.study.config import load_config; load_config(sys.argv[1]); "
         "print('ray' in sys.modules, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -335,8 +335,8 @@ def test_yaml_lines_follow_nested_sequences(tmp_path):
 
 
 def test_gpus_per_worker_fractional_shares_a_gpu():
-    from tce_ray.runspec import RunSpec
-    from tce_ray.train import worker_resources
+    from tce_ray.train.runspec import RunSpec
+    from tce_ray.train.trainer import worker_resources
 
     run = RunSpec.model_validate({"train": {"use_gpu": True, "gpus_per_worker": 0.25, "num_workers": 1}})
     assert worker_resources(run) == {"CPU": 1.0, "GPU": 0.25}
@@ -364,8 +364,8 @@ def test_bad_gpus_per_worker_fails_with_its_key(tmp_path, train, match):
 def test_cluster_problem_counts_fractional_gpus(monkeypatch):
     import ray
 
-    from tce_ray.ray_env import cluster_problem, max_concurrent
-    from tce_ray.runspec import TrainSpec
+    from tce_ray.train.ray_env import cluster_problem, max_concurrent
+    from tce_ray.train.runspec import TrainSpec
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
     quarter = TrainSpec(use_gpu=True, gpus_per_worker=0.25, num_workers=1)

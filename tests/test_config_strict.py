@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tce_ray.config import ConfigError, load_config, parse_config
-from tce_ray.runspec import DataSpec, LossSpec, OptimSpec, RunSpec, TrainSpec
+from tce_ray.study.config import ConfigError, load_config, parse_config
+from tce_ray.train.runspec import DataSpec, LossSpec, OptimSpec, RunSpec, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +178,7 @@ def test_cli_exit_2_one_line(tmp_path, text, needle, path, words):
 
 
 def test_huge_or_deep_files_are_refused_before_parsing(tmp_path):
-    from tce_ray.yaml_load import MAX_CHARS
+    from tce_ray.study.yaml_load import MAX_CHARS
 
     p = tmp_path / "big.yaml"
     p.write_text(GOOD + "# " + "x" * (4 * MAX_CHARS) + "\n")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tce_ray.confusion_io import CONFUSION_FILE, load_confusion, save_confusion
+from tce_ray.train.confusion_io import CONFUSION_FILE, load_confusion, save_confusion
 
 
 def test_round_trip_keeps_counts_and_names(tmp_path: Path) -> None:

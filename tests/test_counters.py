@@ -1,6 +1,6 @@
 """Rank-local counters reduced over the workers before they are reported (2 gloo
-processes, no Ray cluster): tce_ray.evaluation.all_reduce_counters and the stochastic-TCE
-counters of the worker loop (tce_ray.worker_loop.tilt_counters)."""
+processes, no Ray cluster): tce_ray.train.evaluation.all_reduce_counters and the stochastic-TCE
+counters of the worker loop (tce_ray.train.worker_loop.tilt_counters)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tce_ray.evaluation import all_reduce_counters
+from tce_ray.train.evaluation import all_reduce_counters
 
 # per rank: skipped reports, dropped reports, actor errors, largest weight age
 RANKS = {0: (0, 0, 0, 2), 1: (3, 5, 1, 7)}
@@ -20,7 +20,7 @@ PREFETCH = 2
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    from tce_ray.worker_loop import tilt_counters
+    from tce_ray.train.worker_loop import tilt_counters
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
@@ -38,7 +38,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 @pytest.mark.timeout(180)
 def test_counters_are_summed_or_maximised_over_two_gloo_workers(tmp_path):
-    import tce_ray.worker_loop  # noqa: F401 - imported once here (ray, torchvision): the forked workers inherit it
+    import tce_ray.train.worker_loop  # noqa: F401 - imported once here (ray, torchvision): the forked workers inherit it
 
     mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     expected = {

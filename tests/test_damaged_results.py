@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tce_ray.report import main
-from tce_ray.results import (
+from tce_ray.results.report import main
+from tce_ray.results.tables import (
     DamagedResultsError,
     StudyTables,
     TrialRecord,
@@ -47,7 +47,7 @@ def _study(tmp_path: Path) -> Path:
 
 
 def _cli(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tce_ray.report", str(path)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tce_ray.results.report", str(path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -1,4 +1,4 @@
-"""tce_ray.evaluation: shards, the confusion matrix of a model (alone and summed over two
+"""tce_ray.train.evaluation: shards, the confusion matrix of a model (alone and summed over two
 gloo processes) and the metrics of one evaluation, against hand-computed cases (no Ray)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import Dataset
 
-from tce_ray.evaluation import all_reduce_sum, evaluate_confusion, evaluation_metrics, make_val_loader, shard_indices
-from tce_ray.metrics import fairness_report
-from tce_ray.objectives import get_objective, register_objective
+from tce_ray.train.evaluation import all_reduce_sum, evaluate_confusion, evaluation_metrics, make_val_loader, shard_indices
+from tce_ray.core.metrics import fairness_report
+from tce_ray.core.objectives import get_objective, register_objective
 
 torch.set_num_threads(1)
 

@@ -21,12 +21,12 @@ import pytest
 import ray.train
 import torch
 
-from tce_ray.checkpointing import load_training_state
-from tce_ray.runspec import RunSpec
-from tce_ray.run_state import storage_join
-from tce_ray.train import WEIGHT_SNAPSHOT, run_state_dir, run_training
-from tce_ray.worker_loop import read_worker_pid
-from tce_ray.weights_actor import actor_name, read_snapshot, state_hash
+from tce_ray.train.checkpointing import load_training_state
+from tce_ray.train.runspec import RunSpec
+from tce_ray.train.run_state import storage_join
+from tce_ray.train.trainer import WEIGHT_SNAPSHOT, run_state_dir, run_training
+from tce_ray.train.worker_loop import read_worker_pid
+from tce_ray.train.weights_actor import actor_name, read_snapshot, state_hash
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""The front guard (tce_ray.front_guard): a model that predicts one class everywhere never
+"""The front guard (tce_ray.core.front_guard): a model that predicts one class everywhere never
 lands on the Pareto front, in the result tables nor in Optuna's view of the study."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import optuna
 import pandas as pd
 import pytest
 
-from tce_ray.config import ConfigError, parse_config
-from tce_ray.front_guard import (
+from tce_ray.study.config import ConfigError, parse_config
+from tce_ray.core.front_guard import (
     GUARD_CONSTRAINT,
     UNVERIFIED,
     FrontGuard,
     constraint_value,
     guard_bound,
-    record_guard,
 )
-from tce_ray.objectives import get_objective
-from tce_ray.results import (
+from tce_ray.core.objectives import get_objective
+from tce_ray.study.guarded_search import record_guard
+from tce_ray.results.tables import (
     GUARD_COLUMN,
     StudyTables,
     TrialRecord,
@@ -31,7 +31,7 @@ from tce_ray.results import (
     read_tables,
     write_tables,
 )
-from tce_ray.search_space import CONFIGURATION_ATTR
+from tce_ray.study.search_space import CONFIGURATION_ATTR
 
 OBJ = {"worst_iou": "max", "iou_std": "min"}
 K = 11
@@ -210,8 +210,8 @@ def test_constraint_values():
 
 def test_the_study_searcher_records_the_constraint_before_each_tell(tmp_path):
     """study._searcher wires the guard: Ray's OptunaSearch API driven by hand (no Ray cluster)."""
-    from tce_ray.objectives import resolve_objectives
-    from tce_ray.study import _searcher
+    from tce_ray.core.objectives import resolve_objectives
+    from tce_ray.study.runner import _searcher
 
     cfg = parse_config({
         "name": "g", "storage": str(tmp_path), "data": {"name": "synthetic"}, "loss": {"name": "mcce"},
@@ -238,7 +238,7 @@ def test_no_shipped_study_can_put_a_one_class_model_on_its_front(path):
     the synthetic set: only the study's search, objectives and guard matter here)."""
     import yaml
 
-    from tce_ray.objectives import resolve_objectives
+    from tce_ray.core.objectives import resolve_objectives
 
     data = yaml.safe_load(path.read_text())
     data["data"] = {"name": "synthetic"}

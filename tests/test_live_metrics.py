@@ -1,4 +1,4 @@
-"""tce_ray.live_metrics: what each call sets (recording gauges, no Ray), then the real gauges
+"""tce_ray.train.live_metrics: what each call sets (recording gauges, no Ray), then the real gauges
 on Ray's Prometheus endpoint."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-import tce_ray.live_metrics as live_metrics
-from tce_ray.live_metrics import GAUGE_SPECS, LiveMetrics
+import tce_ray.train.live_metrics as live_metrics
+from tce_ray.train.live_metrics import GAUGE_SPECS, LiveMetrics
 
 
 class RecordingGauge:
@@ -79,7 +79,7 @@ def test_live_metrics_reach_the_prometheus_endpoint(ray_session):
     @ray.remote(num_cpus=0)
     class Reporter:
         def set(self):
-            from tce_ray.live_metrics import LiveMetrics
+            from tce_ray.train.live_metrics import LiveMetrics
 
             lm = LiveMetrics("live-test", 1, ["a", "b"])
             lm.set_weights(np.array([0.25, 0.75]))

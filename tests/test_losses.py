@@ -1,4 +1,4 @@
-"""Tests of tce_ray.losses against independent float64 evaluations of the paper's formulas."""
+"""Tests of tce_ray.core.losses against independent float64 evaluations of the paper's formulas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tce_ray.losses import (
+from tce_ray.core.losses import (
     LOSS_NAMES,
     MCCE,
     FocalLoss,
@@ -442,7 +442,7 @@ def test_cuda_matches_cpu(loss):
 
 # ----------------------------------------------------------------- class_ce (stochastic TCE's class signal)
 def test_class_ce_from_kept_pixel_ce_matches_reference_and_per_class_ce():
-    from tce_ray.losses import _class_ce_torch, class_ce
+    from tce_ray.core.losses import _class_ce_torch, class_ce
 
     logits, target = make_batch(16)
     logits.requires_grad_(True)
@@ -467,7 +467,7 @@ def test_class_ce_from_kept_pixel_ce_matches_reference_and_per_class_ce():
 
 
 def test_class_ce_absent_class_default_mcce_and_bad_input():
-    from tce_ray.losses import class_ce
+    from tce_ray.core.losses import class_ce
 
     logits, target = make_batch(17)
     target[target == 3] = IGN

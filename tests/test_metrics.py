@@ -1,4 +1,4 @@
-"""Tests for tce_ray.metrics against hand-computed cases, a naive bincount and the paper's Table 3."""
+"""Tests for tce_ray.core.metrics against hand-computed cases, a naive bincount and the paper's Table 3."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tce_ray.metrics import confusion_matrix, fairness_report, per_class_iou, present_iou
+from tce_ray.core.metrics import confusion_matrix, fairness_report, per_class_iou, present_iou
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -1,4 +1,4 @@
-"""The shipped Grafana dashboard reads the gauges tce_ray.live_metrics exports, by their
+"""The shipped Grafana dashboard reads the gauges tce_ray.train.live_metrics exports, by their
 exported names and tags; the README's monitoring steps name them too."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from tce_ray.live_metrics import GAUGE_SPECS
+from tce_ray.train.live_metrics import GAUGE_SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "docs" / "grafana" / "tce_dashboard.json"

@@ -1,4 +1,4 @@
-"""Tests for tce_ray.objectives: built-ins vs hand-computed values, registry rules, module paths."""
+"""Tests for tce_ray.core.objectives: built-ins vs hand-computed values, registry rules, module paths."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tce_ray.objectives as objectives
-from tce_ray.objectives import Objective, get_objective, list_objectives, register_objective
+import tce_ray.core.objectives as objectives
+from tce_ray.core.objectives import Objective, get_objective, list_objectives, register_objective
 
 BUILTINS = {"miou": "max", "worst_iou": "max", "iou_std": "min", "bottom25_miou": "max", "p25_iou": "max", "iou_gap": "min"}
 
@@ -116,7 +116,7 @@ def test_module_function_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         mod,
         """
         import numpy as np
-        from tce_ray.objectives import register_objective
+        from tce_ray.core.objectives import register_objective
 
         @register_objective("user_min_plus_mean", "max")
         def min_plus_mean(iou):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tce_ray.report import plot_curves
-from tce_ray.results import StudyTables
+from tce_ray.results.report import plot_curves
+from tce_ray.results.tables import StudyTables
 
 
 def _tables(history: pd.DataFrame) -> StudyTables:
@@ -33,8 +33,8 @@ def test_curves_plot_skips_without_curves(tmp_path: Path) -> None:
 def test_confusion_plot_of_reference_and_best(tmp_path: Path) -> None:
     import numpy as np
 
-    from tce_ray.confusion_io import save_confusion
-    from tce_ray.report import _confusion_trials, plot_confusion
+    from tce_ray.train.confusion_io import save_confusion
+    from tce_ray.results.report import _confusion_trials, plot_confusion
 
     dirs = []
     for i in range(3):

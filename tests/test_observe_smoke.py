@@ -48,7 +48,7 @@ def _recorder():
 
 @pytest.fixture(scope="module")
 def smoke(ray_session, tmp_path_factory):
-    from tce_ray.study import run_study
+    from tce_ray.study.runner import run_study
 
     base = tmp_path_factory.mktemp("observe")
     storage = base / "results"
@@ -179,7 +179,7 @@ def test_readme_blocks_after_smoke(smoke) -> None:
 
 def test_resume_goes_through_the_journal(smoke) -> None:
     """A resumed finished study restores the searcher with its journal: nothing added twice."""
-    from tce_ray.study import run_study
+    from tce_ray.study.runner import run_study
 
     with contextlib.redirect_stdout(io.StringIO()):
         again = run_study(str(ROOT / "studies" / "smoke.yaml"), storage=smoke["dir"].parent, resume=True)
@@ -200,7 +200,7 @@ def test_load_study_imports_no_ray(smoke) -> None:
 def test_checkpoint_column_points_at_each_trials_last_checkpoint(smoke) -> None:
     import pandas as pd
 
-    from tce_ray.checkpointing import CHECKPOINT_FILE
+    from tce_ray.train.checkpointing import CHECKPOINT_FILE
 
     stored = pd.read_parquet(smoke["dir"] / "trials.parquet")
     for _, row in stored.iterrows():

@@ -23,7 +23,7 @@ def test_unknown_name_is_an_attribute_error() -> None:
 def test_core_import_does_not_start_or_import_ray() -> None:
     code = (
         "import sys, tce_ray; from tce_ray import build_loss, TiltState, fairness_report, ClassIndex;"
-        "import tce_ray.baseline_losses;"
+        "import tce_ray.core.baseline_losses;"
         "print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,7 +1,7 @@
 """The preflight: every input a trial cannot work with fails in seconds, before Ray starts.
 
 Each case builds a small study (tiny synthetic data or a few generated files), runs
-:func:`tce_ray.preflight.preflight` and checks the one-line error: its key path, its YAML
+:func:`tce_ray.study.preflight.preflight` and checks the one-line error: its key path, its YAML
 line where a file is given, and that it says what to do. No Ray is started (the CLI cases
 check in a subprocess that Ray is not even imported).
 """
@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tce_ray.config import ConfigError, load_config, parse_config
-from tce_ray.preflight import MAX_NAME_CHARS, PreflightError, preflight, verify_cache_dir
+from tce_ray.study.config import ConfigError, load_config, parse_config
+from tce_ray.study.preflight import MAX_NAME_CHARS, PreflightError, preflight, verify_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"name": "synthetic", "options": {"num_images": 6, "image_size": [32, 32]}, "loader_workers": 0}
@@ -32,7 +32,7 @@ TINY = {"name": "synthetic", "options": {"num_images": 6, "image_size": [32, 32]
 def _local_ray(monkeypatch):
     """The resource checks apply to a local Ray this study would start: not to the Ray an
     earlier test of the session initialised, nor to a RAY_ADDRESS cluster."""
-    import tce_ray.preflight as pf
+    import tce_ray.study.preflight as pf
 
     monkeypatch.setattr(pf, "_ray_running", lambda: False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -211,7 +211,7 @@ def test_a_cluster_address_skips_the_local_resource_check(tmp_path):
 
 
 def test_a_ray_already_running_skips_the_local_resource_check(tmp_path, monkeypatch):
-    import tce_ray.preflight as pf
+    import tce_ray.study.preflight as pf
 
     monkeypatch.setattr(pf, "_ray_running", lambda: True)  # run_study then uses that Ray as it is
     rep = check(study(train={"num_workers": 3, "cpus_per_worker": 1}), tmp_path, cpu_count=2)
@@ -219,7 +219,7 @@ def test_a_ray_already_running_skips_the_local_resource_check(tmp_path, monkeypa
 
 
 def test_gpus_asked_on_a_machine_without_one(tmp_path, monkeypatch):
-    import tce_ray.preflight as pf
+    import tce_ray.study.preflight as pf
 
     monkeypatch.setattr(pf, "_gpu_count", lambda: 0)
     fails(study(train={"use_gpu": True}), tmp_path, "train.use_gpu", "asks for 1 GPU(s)", "has 0",
@@ -334,7 +334,7 @@ def test_truncated_jpeg_is_caught_by_the_full_check_only(tmp_path):
 
 
 def test_verify_cache_dir_is_the_class_index_cache(tmp_path, monkeypatch):
-    from tce_ray.train import class_index_cache_dir  # imports Ray, starts nothing
+    from tce_ray.train.trainer import class_index_cache_dir  # imports Ray, starts nothing
 
     monkeypatch.delenv("TCE_CACHE_DIR", raising=False)
     runs = str(tmp_path / "study" / "runs")

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tce_ray import tune_callbacks
-from tce_ray.tune_callbacks import _duration, progress_callback
+from tce_ray.study import tune_callbacks
+from tce_ray.study.tune_callbacks import _duration, progress_callback
 
 
 @dataclass
@@ -139,7 +139,7 @@ def test_running_lines_between_reports(clock: Clock, capsys: pytest.CaptureFixtu
 def test_step_publisher_round_trip_through_the_cluster(ray_session) -> None:
     import ray
 
-    from tce_ray.step_progress import StepPublisher, clear_step, read_step
+    from tce_ray.train.step_progress import StepPublisher, clear_step, read_step
 
     @ray.remote(num_cpus=0)
     def worker(n: int) -> None:  # a Train worker's rank 0, in another process

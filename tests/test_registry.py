@@ -1,4 +1,4 @@
-"""The registries (tce_ray.registry): one entry per loss / setting / data set, and everything
+"""The registries (tce_ray.core.registry): one entry per loss / setting / data set, and everything
 that derives from it (schema, search space, make_loss, labels, build_dataset); a toy loss and
 a toy data set registered from outside the package, through a real study on Ray."""
 
@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from tce_ray import registry
-from tce_ray.config import ConfigError, parse_config
-from tce_ray.losses import MCCE, FocalLoss, TiltedCrossEntropy, make_loss, needs_class_index, needs_weight_actor
-from tce_ray.registry import Setting, get_loss, get_setting, register_loss, register_setting
-from tce_ray.results import group_key, settings_label
-from tce_ray.runspec import LossSpec, RunSpec
-from tce_ray.search_space import SearchSpace, relevant_settings, trial_run
+from tce_ray.core import registry
+from tce_ray.study.config import ConfigError, parse_config
+from tce_ray.core.losses import MCCE, FocalLoss, TiltedCrossEntropy, make_loss, needs_class_index, needs_weight_actor
+from tce_ray.core.registry import Setting, get_loss, get_setting, register_loss, register_setting
+from tce_ray.results.tables import group_key, settings_label
+from tce_ray.train.runspec import LossSpec, RunSpec
+from tce_ray.study.search_space import SearchSpace, relevant_settings, trial_run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -102,7 +102,7 @@ def test_t_must_be_finite_wherever_it_is_given():
 
 
 def test_duplicates_are_loud_and_identical_entries_are_not(clean_registry):
-    with pytest.raises(ValueError, match="loss 'mcce' is already registered .*tce_ray.loss_catalog.*override=True"):
+    with pytest.raises(ValueError, match="loss 'mcce' is already registered .*tce_ray.core.loss_catalog.*override=True"):
         register_loss("mcce")(FocalLoss)
     mcce = get_loss("mcce")
     register_loss("mcce", factory=mcce.factory, doc=mcce.doc)  # the same definition again: nothing happens
@@ -239,7 +239,7 @@ def test_the_snapshot_carries_plugins_to_another_process(toy):
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_a_study_runs_the_plugin_loss_and_data_set(toy, ray_session, tmp_path):
-    from tce_ray.study import run_study
+    from tce_ray.study.runner import run_study
 
     config = {
         "name": "plugins", "plugins": ["toy_plugins"],

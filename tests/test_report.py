@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tce_ray.report import build_report, fmt, main, reference_trial
-from tce_ray.results import (
+from tce_ray.results.report import build_report, fmt, main, reference_trial
+from tce_ray.results.tables import (
     StudyTables,
     TrialRecord,
     collect_trials,
@@ -173,7 +173,7 @@ def test_report_without_mcce_drops_sorted_criteria(tmp_path):
 
 
 def test_report_cli_on_missing_dir(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tce_ray.report", str(tmp_path / "nothing")],
+    proc = subprocess.run([sys.executable, "-m", "tce_ray.results.report", str(tmp_path / "nothing")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "trials.parquet" in proc.stderr and "Traceback" not in proc.stderr
@@ -368,7 +368,7 @@ def test_reference_comparisons_match_scipy_and_hand_values():
     """Each configuration against the MCCE group over seeds: Welch p as scipy computes it,
     the criteria per seed by hand (K = 4: the sorted bottom 25 % is the one class d)."""
     scipy_stats = pytest.importorskip("scipy.stats")
-    from tce_ray.results import reference_comparisons
+    from tce_ray.results.tables import reference_comparisons
 
     trials, _ = collect_trials(_seed_records(), OBJECTIVES, total_steps=4)
     comp = reference_comparisons(trials, n_resamples=2000)
@@ -395,7 +395,7 @@ def test_reference_comparisons_match_scipy_and_hand_values():
 
 
 def test_report_significance_section_and_partial_trials_with_their_step(tmp_path):
-    from tce_ray.report import partial_status
+    from tce_ray.results.report import partial_status
 
     d = _write_seed_study(tmp_path)
     build_report(d)
@@ -414,7 +414,7 @@ def test_report_significance_section_and_partial_trials_with_their_step(tmp_path
 def test_report_marks_trials_the_front_guard_keeps_off(tmp_path):
     """A one-class model (worst 0, std ~0) is in the trials table with the reason and not
     on the front; the summary states the bound."""
-    from tce_ray.front_guard import FrontGuard
+    from tce_ray.core.front_guard import FrontGuard
 
     guard = FrontGuard(reference=0, max_drop=0.05)
     one = np.zeros(len(SEED_CLASSES))

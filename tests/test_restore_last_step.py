@@ -19,8 +19,8 @@ import torch
 import ray
 import ray.train
 import ray.train.torch
-from tce_ray import worker_loop as wl
-from tce_ray.runspec import RunSpec
+from tce_ray.train import worker_loop as wl
+from tce_ray.train.runspec import RunSpec
 
 
 class _Checkpoint:
@@ -137,7 +137,7 @@ def test_ray_train_run_restored_at_its_last_step_reports_once(ray_session, tmp_p
     """End to end on Ray Train: a finished run started again under the same name and storage
     (as a Tune trial restored after a hard kill of the study) restores the checkpoint of its
     last step, trains nothing, and still ends with its final metrics."""
-    from tce_ray.train import run_training
+    from tce_ray.train.trainer import run_training
 
     run = _run()
     first = run_training(run, name="done", storage_path=str(tmp_path))

@@ -1,4 +1,4 @@
-"""tce_ray.results: Pareto ranks, trial rows and their status, groups, files; hand-computed
+"""tce_ray.results.tables: Pareto ranks, trial rows and their status, groups, files; hand-computed
 cases and bad input (the report built on them: tests/test_report.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tce_ray.results import (
+from tce_ray.results.tables import (
     StudyTables,
     TrialRecord,
     collect_trials,

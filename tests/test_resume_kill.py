@@ -56,7 +56,7 @@ resources: {{max_concurrent_trials: 1}}
 # the CLI, with result writing that kills its own process group between two tables
 KILL_WHILE_WRITING = """
 import os, signal, sys
-import tce_ray.results as r
+import tce_ray.results.tables as r
 _orig = r._write_parquet
 def _write(df, fs, path):
     if path.endswith("history.parquet"):

@@ -11,8 +11,8 @@ import types
 import pandas as pd
 import pytest
 
-from tce_ray.results import DamagedResultsError
-from tce_ray.resume import (
+from tce_ray.results.tables import DamagedResultsError
+from tce_ray.study.resume import (
     HISTORY_NAME,
     IncompatibleStateError,
     check_experiment,
@@ -107,7 +107,7 @@ def test_final_record_round_trip_and_damaged_record(tmp_path):
 
 
 def test_failed_trials_are_listed_at_the_end_with_their_traceback_file(capsys):
-    from tce_ray.study import StudyResult, _print_summary
+    from tce_ray.study.runner import StudyResult, _print_summary
 
     trials = pd.DataFrame({
         "trial_id": ["a", "b"], "label": ["mcce [#0]", "focal [#1]"], "status": ["completed", "failed"],
@@ -125,7 +125,7 @@ def test_history_keeper_appends_every_report_and_survives_a_cut_line(tmp_path):
 
     import pyarrow.fs as pafs
 
-    from tce_ray.trial_history import HistoryKeeper
+    from tce_ray.study.trial_history import HistoryKeeper
 
     trial = types.SimpleNamespace(trial_id="a", storage=types.SimpleNamespace(
         trial_fs_path=str(tmp_path), storage_filesystem=pafs.LocalFileSystem()))
@@ -141,7 +141,7 @@ def test_history_keeper_appends_every_report_and_survives_a_cut_line(tmp_path):
 
 
 def _cfg(tmp_path, name="s"):
-    from tce_ray.config import parse_config
+    from tce_ray.study.config import parse_config
 
     return parse_config({
         "name": name, "storage": str(tmp_path),
@@ -152,14 +152,14 @@ def _cfg(tmp_path, name="s"):
 
 
 def test_resume_of_a_wrong_or_old_folder_is_one_line(tmp_path, monkeypatch):
-    from tce_ray.study import StudyError, _restore_tuner
+    from tce_ray.study.runner import StudyError, _restore_tuner
 
     cfg = _cfg(tmp_path)
     with pytest.raises(StudyError, match="nothing to resume.*run without --resume"):
         _restore_tuner(cfg, None, False)  # no folder at all
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "notes.txt").write_text("not a study")
-    from tce_ray.config import ConfigError
+    from tce_ray.study.config import ConfigError
 
     # a ConfigError: the study CLI prints it as one line and exits 2 (bad input)
     with pytest.raises(ConfigError, match=r"s: not a study that can be resumed.*or run without --resume") as info:
@@ -190,11 +190,11 @@ def test_history_keeper_writes_a_report_before_any_other_callback_sees_it(tmp_pa
     the report (the kill test once lost step 1 that way)."""
     from ray import tune
 
-    from tce_ray.objectives import resolve_objectives
-    from tce_ray.study import _new_tuner
-    from tce_ray.trial_history import HistoryKeeper
+    from tce_ray.core.objectives import resolve_objectives
+    from tce_ray.study.runner import _new_tuner
+    from tce_ray.study.trial_history import HistoryKeeper
 
-    monkeypatch.setattr("tce_ray.ray_env.max_concurrent", lambda *a: 1)  # no Ray cluster to ask
+    monkeypatch.setattr("tce_ray.train.ray_env.max_concurrent", lambda *a: 1)  # no Ray cluster to ask
     cfg = _cfg(tmp_path)
     seen: list[bool] = []
 

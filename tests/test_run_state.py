@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from tce_ray.run_state import RunState, RunStateError, cached_class_index, storage_join
+from tce_ray.train.run_state import RunState, RunStateError, cached_class_index, storage_join
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,7 @@ def test_unreachable_storage_raises_an_error_naming_the_file_and_the_fix(s3_env,
 
 _OTHER_NODE = """
 import json, os, sys, tempfile
-from tce_ray.run_state import RunState
+from tce_ray.train.run_state import RunState
 state = RunState(sys.argv[1])
 print(json.dumps({"tmp": tempfile.gettempdir(), "snap": state.read_json("class_weights.json"), "keys": state.list()}))
 state.write_text("pids/rank0.pid", str(os.getpid()))
@@ -222,7 +222,7 @@ def test_class_index_cache_on_s3_is_shared_and_leaves_the_local_disk_empty(s3_en
 
 _RESTARTED_ACTOR = """
 import json, sys
-from tce_ray.weights_actor import WeightStore
+from tce_ray.train.weights_actor import WeightStore
 store = WeightStore(4, 1.0, 0.3, [0, 1, 2, 3], snapshot_path=sys.argv[1])
 print(json.dumps({"restored": store.restored_updates, "state": store.state_dict(), "stats": store.stats()}))
 """
@@ -231,7 +231,7 @@ print(json.dumps({"restored": store.restored_updates, "state": store.state_dict(
 def test_weight_snapshot_on_s3_is_read_by_a_restarted_actor_in_another_process(s3_server, tmp_path, monkeypatch):
     """The actor's __init__ on "another node" (a process with an empty TMPDIR of its own)
     restores the state from the S3 snapshot; nothing is written to a local disk."""
-    from tce_ray.weights_actor import WeightStore, read_snapshot, state_hash
+    from tce_ray.train.weights_actor import WeightStore, read_snapshot, state_hash
 
     for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
@@ -257,7 +257,7 @@ def test_weight_snapshot_on_s3_is_read_by_a_restarted_actor_in_another_process(s
 
 
 def test_a_failed_snapshot_keeps_the_reports_and_is_retried(tmp_path, monkeypatch):
-    from tce_ray.weights_actor import WeightStore, read_snapshot
+    from tce_ray.train.weights_actor import WeightStore, read_snapshot
 
     path = tmp_path / "state" / "w.json"
     store = WeightStore(4, 1.0, 0.3, [0, 1, 2, 3], snapshot_path=path, snapshot_every=1, snapshot_interval_s=3600)

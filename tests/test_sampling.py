@@ -11,7 +11,7 @@ import torch
 from scipy.stats import chisquare
 from torch.utils.data import DataLoader
 
-from tce_ray.sampling import ClassIndex, TiltedBatchSampler, count_classes
+from tce_ray.data.sampling import ClassIndex, TiltedBatchSampler, count_classes
 
 torch.set_num_threads(1)
 
@@ -355,9 +355,9 @@ def test_bad_arguments(index):
         TiltedBatchSampler(index, ok, 2, 5).pop_batch_class()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tce_ray.tilt") is None, reason="tce_ray.tilt not written yet")
+@pytest.mark.skipif(importlib.util.find_spec("tce_ray.core.tilt") is None, reason="tce_ray.core.tilt not written yet")
 def test_with_tilt_state(index):
-    from tce_ray.tilt import TiltState
+    from tce_ray.core.tilt import TiltState
 
     state = TiltState(4, t=1.0, gamma=0.5, drawable=index.drawable())
     sampler = TiltedBatchSampler(index, state, 2, 300, seed=0)

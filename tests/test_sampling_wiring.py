@@ -9,10 +9,10 @@ import optuna
 import pytest
 import torch
 
-from tce_ray.config import ConfigError, parse_config
-from tce_ray.runspec import RunSpec, SamplingSpec
-from tce_ray.search_space import SearchSpace, trial_run
-from tce_ray.train import needs_class_index, start_weight_actor
+from tce_ray.study.config import ConfigError, parse_config
+from tce_ray.train.runspec import RunSpec, SamplingSpec
+from tce_ray.study.search_space import SearchSpace, trial_run
+from tce_ray.train.trainer import needs_class_index, start_weight_actor
 
 from test_train import fit_local, tiny_run
 

@@ -7,8 +7,8 @@ import math
 import optuna
 import pytest
 
-from tce_ray.config import parse_config
-from tce_ray.search_space import (
+from tce_ray.study.config import parse_config
+from tce_ray.study.search_space import (
     CONFIGURATION_ATTR,
     SEED_ATTR,
     SearchSpace,

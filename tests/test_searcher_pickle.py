@@ -16,11 +16,11 @@ import optuna
 import pytest
 import ray.cloudpickle
 
-from tce_ray import samplers
-from tce_ray.config import parse_config
-from tce_ray.objectives import resolve_objectives
-from tce_ray.optuna_store import make_searcher
-from tce_ray.search_space import build_sampler
+from tce_ray.study import samplers
+from tce_ray.study.config import parse_config
+from tce_ray.core.objectives import resolve_objectives
+from tce_ray.study.optuna_store import make_searcher
+from tce_ray.study.search_space import build_sampler
 
 SAMPLER_KINDS = ["nsga2", "tpe", "random"]
 

@@ -1,4 +1,4 @@
-"""tce_ray.stats against SciPy (a dev dependency) and hand cases."""
+"""tce_ray.core.stats against SciPy (a dev dependency) and hand cases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from tce_ray.stats import bootstrap_diff_ci, compare, student_t_sf, welch_t_test
+from tce_ray.core.stats import bootstrap_diff_ci, compare, student_t_sf, welch_t_test
 
 
 @pytest.mark.parametrize("seed", range(12))

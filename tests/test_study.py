@@ -42,8 +42,8 @@ def _neg_spread(iou: np.ndarray) -> float:
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_run_study_records_failures_and_on_the_fly_objectives(ray_session, tmp_path):
-    from tce_ray.objectives import Objective
-    from tce_ray.study import run_study
+    from tce_ray.core.objectives import Objective
+    from tce_ray.study.runner import run_study
 
     config = dict(TINY, name="api", optuna_storage=f"sqlite:///{tmp_path}/optuna.db",
                   resources={"max_concurrent_trials": 2}, search={
@@ -112,7 +112,7 @@ def test_run_study_records_failures_and_on_the_fly_objectives(ray_session, tmp_p
     assert ot.trials[1].values == pytest.approx([t.loc[2, "worst_iou"], t.loc[2, "neg_spread_test"]])
 
     # the same study again without --resume is refused, with the way out named
-    from tce_ray.study import StudyError
+    from tce_ray.study.runner import StudyError
 
     with pytest.raises(StudyError, match="--resume"):
         run_study(config, storage=tmp_path, progress=False)
@@ -178,7 +178,7 @@ def test_cli_interrupted_then_resumed_does_not_rerun_finished_trials(ray_session
     assert (study_dir / "report.md").is_file() and (study_dir / "plots" / "weights.png").is_file()
     # the report rebuilds from the Parquet files alone
     (study_dir / "report.md").unlink()
-    rep = subprocess.run([sys.executable, "-m", "tce_ray.report", str(study_dir)], cwd=ROOT, capture_output=True,
+    rep = subprocess.run([sys.executable, "-m", "tce_ray.results.report", str(study_dir)], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert rep.returncode == 0, rep.stderr
     assert "Fairness criteria" in (study_dir / "report.md").read_text()
@@ -189,7 +189,7 @@ def test_cli_interrupted_then_resumed_does_not_rerun_finished_trials(ray_session
 def test_dashboard_flag_prints_url_and_enables_train_tab(tmp_path):
     code = (
         "import os, ray\n"
-        "from tce_ray.ray_env import ensure_ray\n"
+        "from tce_ray.train.ray_env import ensure_ray\n"
         "ensure_ray(None, True)\n"
         "print('STATE', os.environ.get('RAY_TRAIN_ENABLE_STATE_TRACKING'))\n"
         "ray.shutdown()\n"
@@ -204,8 +204,8 @@ def test_dashboard_flag_prints_url_and_enables_train_tab(tmp_path):
 
 
 def test_asha_scheduler_from_config():
-    from tce_ray.config import parse_config
-    from tce_ray.study import build_scheduler
+    from tce_ray.study.config import parse_config
+    from tce_ray.study.runner import build_scheduler
 
     cfg = parse_config(dict(TINY, name="a", train=dict(TINY["train"], steps=10, eval_every=3),
                             search={"num_samples": 2}, scheduler={"asha": {"metric": "iou_std", "grace_period": 2}}))
@@ -216,8 +216,8 @@ def test_asha_scheduler_from_config():
 
 
 def test_resolve_objectives():
-    from tce_ray.objectives import Objective, get_objective
-    from tce_ray.study import resolve_objectives
+    from tce_ray.core.objectives import Objective, get_objective
+    from tce_ray.study.runner import resolve_objectives
 
     objs = resolve_objectives(["worst_iou", Objective("neg_spread_test2", "max", _neg_spread)])
     assert [o.name for o in objs] == ["worst_iou", "neg_spread_test2"]

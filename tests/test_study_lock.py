@@ -14,14 +14,14 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from tce_ray.study_lock import LOCK_NAME, LockOwner, StudyLockedError, StudyLockError, acquire_study_lock
+from tce_ray.study.study_lock import LOCK_NAME, LockOwner, StudyLockedError, StudyLockError, acquire_study_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 HOLD = """
 import sys, time
 import pyarrow.fs as pafs
-from tce_ray.study_lock import acquire_study_lock
+from tce_ray.study.study_lock import acquire_study_lock
 fs = pafs.LocalFileSystem() if sys.argv[2] == "object" else None
 lock = acquire_study_lock(sys.argv[1], filesystem=fs, settle_s=0)
 print("locked", flush=True)

@@ -1,4 +1,4 @@
-"""Tests of tce_ray.tilt.TiltState (stochastic TCE, Algorithm 1, in log space)."""
+"""Tests of tce_ray.core.tilt.TiltState (stochastic TCE, Algorithm 1, in log space)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from tce_ray.tilt import TiltState
+from tce_ray.core.tilt import TiltState
 
 
 def test_initial_state_is_uniform_with_r_equal_t_log_k():

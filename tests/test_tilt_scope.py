@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from tce_ray.gather import all_gather_rows, distributed_world_size
-from tce_ray.losses import TiltedCrossEntropy
+from tce_ray.core.gather import all_gather_rows, distributed_world_size
+from tce_ray.core.losses import TiltedCrossEntropy
 
 K, H, W = 4, 5, 6
 CASES = [1.0, 3.0, -0.7, 0.0]  # tilts; 0 is the plain mean

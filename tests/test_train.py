@@ -1,4 +1,4 @@
-"""tce_ray.train: the driver side's pieces, then whole runs of the worker loop on Ray
+"""tce_ray.train.trainer: the driver side's pieces, then whole runs of the worker loop on Ray
 (the worker loop's pieces: tests/test_worker_loop.py)."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from tce_ray.checkpointing import load_training_state
-from tce_ray.losses import FocalLoss, MCCE, TiltedCrossEntropy, focal_alpha_from_frequencies
+from tce_ray.train.checkpointing import load_training_state
+from tce_ray.core.losses import FocalLoss, MCCE, TiltedCrossEntropy, focal_alpha_from_frequencies
 from tce_ray.models import deeplabv3plus
-from tce_ray.runspec import RunSpec
-from tce_ray.sampling import ClassIndex
-from tce_ray.train import build_trainer, make_loss, run_state_dir, run_training, start_weight_actor, trainer_config
-from tce_ray.worker_loop import (
+from tce_ray.train.runspec import RunSpec
+from tce_ray.data.sampling import ClassIndex
+from tce_ray.train.trainer import build_trainer, make_loss, run_state_dir, run_training, start_weight_actor, trainer_config
+from tce_ray.train.worker_loop import (
     FATAL_MARKER,
     NO_HOOKS,
     FaultInjection,
@@ -25,7 +25,7 @@ from tce_ray.worker_loop import (
     poly_lr,
     train_loop_per_worker,
 )
-from tce_ray.weights_actor import actor_name, state_hash
+from tce_ray.train.weights_actor import actor_name, state_hash
 
 torch.set_num_threads(1)
 
@@ -199,7 +199,7 @@ def test_other_losses_in_local_mode(tmp_path, loss):
 
 def test_make_loss_builds_the_baselines_from_a_run():
     """The baseline losses come out of the registry with their settings (scheme -> class index)."""
-    from tce_ray.baseline_losses import (
+    from tce_ray.core.baseline_losses import (
         ClassBalancedCrossEntropy, LovaszSoftmax, SoftDiceLoss, WeightedCrossEntropy, median_frequency_weights,
         effective_number_weights,
     )

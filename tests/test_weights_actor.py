@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tce_ray.tilt import TiltState
-from tce_ray.weights_actor import (
+from tce_ray.core.tilt import TiltState
+from tce_ray.train.weights_actor import (
     WeightClient,
     WeightStore,
     actor_name,

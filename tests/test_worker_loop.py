@@ -1,4 +1,4 @@
-"""tce_ray.worker_loop, the pieces alone (no Ray cluster): schedule, batches, step clock,
+"""tce_ray.train.worker_loop, the pieces alone (no Ray cluster): schedule, batches, step clock,
 test hooks, the stochastic-TCE feedback and the non-finite-loss marker. Whole runs are in
 tests/test_train.py and tests/test_fault_tolerance.py."""
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-import tce_ray.worker_loop as wl
-from tce_ray.losses import MCCE
-from tce_ray.run_state import RunState
-from tce_ray.runspec import RunSpec
-from tce_ray.worker_loop import (
+import tce_ray.train.worker_loop as wl
+from tce_ray.core.losses import MCCE
+from tce_ray.train.run_state import RunState
+from tce_ray.train.runspec import RunSpec
+from tce_ray.train.worker_loop import (
     FATAL_MARKER,
     NO_HOOKS,
     FaultInjection,

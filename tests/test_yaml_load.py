@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tce_ray.yaml_load import MAX_VALUES, YamlLoadError, load_yaml
+from tce_ray.study.yaml_load import MAX_VALUES, YamlLoadError, load_yaml
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 

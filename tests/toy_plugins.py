@@ -17,8 +17,8 @@ from torch import nn
 
 from tce_ray import register_dataset, register_loss
 from tce_ray.data.base import SegmentationDataset, make_transform
-from tce_ray.losses import MCCE
-from tce_ray.registry import Setting
+from tce_ray.core.losses import MCCE
+from tce_ray.core.registry import Setting
 
 TOY_CLASSES = ("ground", "box", "bar")
 SCALE = Setting("toy_scale", float, 1.0, "Multiplies the cross-entropy.", gt=0.0, le=10.0, finite=True,

@@ -4,7 +4,7 @@ Every data set yields ``(image float32 [3,H,W] ImageNet-normalised, mask int64 [
 with 255 = ignore and exposes ``class_names``, ``num_classes``, ``load_mask(i)``,
 ``fingerprint()``, ``name`` and ``split`` (see ``SegmentationDataset``).
 
-The data sets a run can name are the entries of ``tce_ray.registry`` (registered here; add
+The data sets a run can name are the entries of ``tce_ray.core.registry`` (registered here; add
 your own with ``tce_ray.register_dataset``). Importing this package is light: the builders
 and the names re-exported below (torchvision, PIL) are imported on first use, so that a
 study file is validated without them.
@@ -17,15 +17,15 @@ import inspect
 import os
 from typing import TYPE_CHECKING, Any
 
-from tce_ray.registry import get_dataset, register_dataset
-from tce_ray.registry import list_datasets as _registered
+from tce_ray.core.registry import get_dataset, register_dataset
+from tce_ray.core.registry import list_datasets as _registered
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import SegmentationDataset
+    from tce_ray.data.base import SegmentationDataset
 
 
 def _build_synthetic(split: str, root: str | os.PathLike | None = None, **options: Any) -> SegmentationDataset:
-    from .synthetic import SyntheticStreets
+    from tce_ray.data.synthetic import SyntheticStreets
 
     if root is not None:
         raise ValueError(f"the synthetic data set is generated, it takes no root (got root={root!r})")
@@ -109,7 +109,7 @@ __all__ = [*sorted(_LAZY), "build_dataset", "build_splits", "list_datasets"]
 
 def build_splits(data: Any) -> tuple[Any, Any]:
     """The training set (crop, scale, augmentation) and the validation set (no augmentation)
-    of a run's ``data`` section (a ``tce_ray.runspec.DataSpec``), as every worker and the
+    of a run's ``data`` section (a ``tce_ray.train.runspec.DataSpec``), as every worker and the
     preflight build them."""
     train = build_dataset(data.name, data.train_split, root=data.root, crop_size=data.crop_size,
                           scale_range=tuple(data.scale_range), augment=True, **data.options)

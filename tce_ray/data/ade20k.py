@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .files import INVALID, FileSplit, file_builder, pair_files, require_dirs, resolve_root, scan
+from tce_ray.data.files import INVALID, FileSplit, file_builder, pair_files, require_dirs, resolve_root, scan
 
 ADE20K_ENV = "ADE20K_ROOT"
 # objectInfo150 names (first name of each entry), label value i+1 -> class i

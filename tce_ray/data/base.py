@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .transforms import IGNORE_INDEX, SegmentationTransform
+from tce_ray.data.transforms import IGNORE_INDEX, SegmentationTransform
 
 SPLITS_DEFAULT_AUGMENT = ("train",)
 
@@ -69,7 +69,7 @@ class SegmentationDataset(Dataset, ABC):
 
     def _parse_item(self, item: Any) -> tuple[int, int | None]:
         """An item is an image index, or an ``(index, focus_class)`` pair from a class-drawn
-        batch (``tce_ray.sampling.TiltedBatchSampler(class_crop=True)``)."""
+        batch (``tce_ray.data.sampling.TiltedBatchSampler(class_crop=True)``)."""
         if isinstance(item, (tuple, list)):
             if len(item) != 2:
                 raise TypeError(f"an item is an index or an (index, focus_class) pair, got {item!r}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import Cityscapes
 
-from .files import INVALID, FileSplit, file_builder, pair_files, require_dirs, resolve_root, scan
+from tce_ray.data.files import INVALID, FileSplit, file_builder, pair_files, require_dirs, resolve_root, scan
 
 CITYSCAPES_ENV = "CITYSCAPES_DATASET"
 CITYSCAPES_CLASSES: tuple[str, ...] = tuple(

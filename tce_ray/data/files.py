@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import SegmentationDataset, make_transform
-from .transforms import IGNORE_INDEX, SegmentationTransform
+from tce_ray.data.base import SegmentationDataset, make_transform
+from tce_ray.data.transforms import IGNORE_INDEX, SegmentationTransform
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 LABEL_MODES: tuple[str, ...] = ("L", "P")

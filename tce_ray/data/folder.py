@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .files import (
+from tce_ray.data.files import (
     FileSegmentationDataset,
     FileSplit,
     build_lut,

@@ -50,7 +50,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .base import SegmentationDataset, make_transform
+from tce_ray.data.base import SegmentationDataset, make_transform
 
 SYNTHETIC_CLASSES: tuple[str, ...] = (
     "road", "sidewalk", "building", "vegetation", "sky", "car",

@@ -7,7 +7,7 @@ Random draws use torch's global generator, which the DataLoader seeds differentl
 worker process (NumPy's would repeat across workers).
 
 Class-centred crops: called with ``focus_class=c`` (the class a batch was drawn for, see
-``tce_ray.sampling``), the training crop is placed so that it contains pixels of ``c``:
+``tce_ray.data.sampling``), the training crop is placed so that it contains pixels of ``c``:
 after the random scale (and padding), a pixel of ``c`` is picked uniformly in the scaled
 mask, then the crop window uniformly among the positions that contain it. Scale, flip and
 jitter are unchanged. If the scaling removed every pixel of ``c`` (nearest-neighbour

@@ -234,7 +234,7 @@ def verify_dataset(
     """
     # Long because the worker ``one`` is a closure over the progress and stop state it shares
     # with its thread pool; the steps are: cache look-up, the parallel check, the record.
-    from .synthetic import SyntheticStreets  # numpy only
+    from tce_ray.data.synthetic import SyntheticStreets  # numpy only
 
     label = f"{dataset.name}/{dataset.split}"
     n = len(dataset)

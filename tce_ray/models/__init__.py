@@ -1,7 +1,7 @@
 """Segmentation models: DeepLabv3+ on dilated torchvision backbones (never downloaded)."""
 
-from .backbones import TinyBackbone, build_encoder, list_backbones, load_backbone_weights
-from .deeplabv3plus import ASPP, ASPP_RATES, DeepLabV3Plus, deeplabv3plus
+from tce_ray.models.backbones import TinyBackbone, build_encoder, list_backbones, load_backbone_weights
+from tce_ray.models.deeplabv3plus import ASPP, ASPP_RATES, DeepLabV3Plus, deeplabv3plus
 
 __all__ = [
     "ASPP",

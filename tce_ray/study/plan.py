@@ -1,0 +1,161 @@
+"""The trial plan of a validated study, for ``--dry-run``: what would run, on what, how long.
+
+No Ray, no torch: it reads the :class:`~tce_ray.study.config.StudyConfig` only. The wall-time
+figure is an estimate from the steps: ``rounds x (start-up + steps x seconds per step)``,
+with ``rounds = ceil(trials / trials at once)``; the seconds per step are given
+(``--step-seconds``) or taken from the measurements in :data:`MEASURED_STEP_SECONDS`
+(evaluation time is not counted).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from tce_ray.study.config import StudyConfig
+
+__all__ = ["TrialPlan", "make_plan", "format_plan", "MEASURED_STEP_SECONDS", "TRIAL_STARTUP_SECONDS"]
+
+MEASURED_STEP_SECONDS: dict[tuple[str, bool], float] = {
+    ("tiny", False): 0.054,  # benchmarks/RESULTS.md: bench_train_throughput, 2 CPU workers, 96x128, batch 4
+    ("resnet101", True): 0.074,  # one H100, 512x1024, batch 8, bf16 (bench_train_throughput --gpu)
+}
+"""Seconds per training step measured for (backbone, use_gpu); other pairs need ``--step-seconds``."""
+
+TRIAL_STARTUP_SECONDS = 30.0
+"""A trial's fixed cost (Ray Train worker group start to first step), measured on a quiet
+2-core machine (benchmarks/RESULTS.md, per-trial start-up)."""
+
+
+@dataclass
+class TrialPlan:
+    """The numbers behind the printed plan."""
+
+    explicit: list[tuple[str, int | None]]
+    """(configuration label, seed or None) in queue order."""
+    sampled: int
+    workers: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    at_once: int
+    at_once_source: str
+    step_seconds: float | None
+    step_seconds_source: str
+
+    @property
+    def total(self) -> int:
+        return len(self.explicit) + self.sampled
+
+    def estimate_seconds(self, steps: int) -> float | None:
+        """``ceil(total / at_once) x (TRIAL_STARTUP_SECONDS + steps x step_seconds)``."""
+        if self.step_seconds is None:
+            return None
+        rounds = math.ceil(self.total / self.at_once)
+        return rounds * (TRIAL_STARTUP_SECONDS + steps * self.step_seconds)
+
+
+def _configuration_label(settings: dict[str, Any]) -> str:
+    parts = [str(settings.get("name"))]
+    for k, v in settings.items():
+        if k == "name":
+            continue
+        if isinstance(v, dict):
+            parts += [f"{k}.{kk}={vv:g}" if isinstance(vv, float) else f"{k}.{kk}={vv}" for kk, vv in v.items()]
+        else:
+            parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+def make_plan(cfg: StudyConfig, *, step_seconds: float | None = None, cpus: int | None = None) -> TrialPlan:
+    """The plan of ``cfg``. ``cpus``: the CPUs a local run would have (default: this
+    machine's), used when ``resources.max_concurrent_trials`` is not set."""
+    t = cfg.run.train
+    labels = [_configuration_label(c.model_dump(exclude_none=True)) for c in cfg.search.configurations]
+    explicit = [(labels[i], seed) for i, seed in cfg.search.configuration_runs()]
+    gpus_each = float(getattr(t, "gpus_per_worker", 1.0) or 1.0) if t.use_gpu else 0.0
+    cpus_per_trial = t.num_workers * t.cpus_per_worker
+    if cfg.resources.max_concurrent_trials:
+        at_once, source = cfg.resources.max_concurrent_trials, "resources.max_concurrent_trials"
+    elif t.use_gpu:
+        at_once, source = 1, "assumed: the cluster's GPUs decide (set resources.max_concurrent_trials)"
+    else:
+        n = cpus if cpus is not None else (os.cpu_count() or 1)
+        at_once = max(1, int(n // cpus_per_trial))
+        source = f"what this machine's {n} CPUs fit; a cluster fits more"
+    if step_seconds is not None:
+        sps, sps_source = step_seconds, "--step-seconds"
+    else:
+        sps = MEASURED_STEP_SECONDS.get((cfg.run.model.backbone, t.use_gpu))
+        sps_source = ("measured for this backbone (benchmarks/RESULTS.md); the data, image size and batch "
+                      "change it: --step-seconds S") if sps is not None else "unknown: give --step-seconds S"
+    return TrialPlan(explicit, cfg.search.num_samples, t.num_workers, cpus_per_trial, t.num_workers * gpus_each,
+                     at_once, source, sps, sps_source)
+
+
+def _searched(cfg: StudyConfig) -> list[str]:
+    """``t: log [0.1, 2]``, ``tilt_signal: [batch, class]``, ``gamma = 0.2`` (fixed)."""
+    from tce_ray.core.registry import search_params
+
+    out = []
+    if cfg.search.param("losses"):
+        out.append(f"losses: [{', '.join(cfg.search.param('losses'))}]")
+    for p in search_params():
+        v = cfg.search.param(p.key)
+        if v is None:
+            continue
+        if hasattr(v, "low"):
+            out.append(f"{p.key}: {'log ' if v.log else ''}[{v.low:g}, {v.high:g}]")
+        elif isinstance(v, list):
+            out.append(f"{p.key}: [{', '.join(str(x) for x in v)}]")
+        else:
+            out.append(f"{p.key} = {v}")
+    return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_plan(cfg: StudyConfig, *, step_seconds: float | None = None, cpus: int | None = None) -> str:
+    """The plan as text (what ``--dry-run`` prints)."""
+    plan = make_plan(cfg, step_seconds=step_seconds, cpus=cpus)
+    t = cfg.run.train
+    objectives = ", ".join(cfg.run.objectives)
+    sampler = cfg.search.sampler or ("nsga2" if len(cfg.run.objectives) > 1 else "tpe")
+    lines = [
+        f"study {cfg.name}: {plan.total} trials -> {cfg.experiment_path()}",
+        f"  objectives: {objectives}",
+    ]
+    seeds = cfg.search.seeds
+    n_conf = len(cfg.search.configurations)
+    if n_conf:
+        seed_text = f"{len(seeds)} seeds {list(seeds)}" if seeds else f"train.seed {t.seed}"
+        lines.append(f"  explicit: {n_conf} configurations x {seed_text} = {len(plan.explicit)} trials, first:")
+        for i, (label, seed) in enumerate(plan.explicit, 1):
+            lines.append(f"    {i:3d}. {label}" + (f"  seed={seed}" if seed is not None else ""))
+    if plan.sampled:
+        space = "; ".join(_searched(cfg)) or f"the base loss {cfg.run.loss.name} (nothing searched)"
+        lines.append(f"  sampled: {plan.sampled} trials by {sampler} (seed {cfg.search.seed}) over {space}")
+    gpu = f" + {plan.gpus_per_trial:g} GPUs" if plan.gpus_per_trial else ", no GPU"
+    lines.append(f"  each trial: {plan.workers} Ray Train workers x {t.cpus_per_worker:g} CPU = "
+                 f"{plan.cpus_per_trial:g} CPUs{gpu}; {cfg.run.model.backbone}, {cfg.run.data.name}, "
+                 f"batch {t.batch_size} per worker, {t.steps} steps, evaluated every {t.eval_every} "
+                 f"({cfg.evaluations_per_run()} evaluations)")
+    lines.append(f"  at once: {plan.at_once} trial(s) ({plan.at_once_source})")
+    total_steps = plan.total * t.steps
+    est = plan.estimate_seconds(t.steps)
+    if est is None:
+        lines.append(f"  wall time: {total_steps} training steps in all; seconds per step {plan.step_seconds_source}")
+    else:
+        lines.append(
+            f"  wall time: ~{_duration(est)} = {math.ceil(plan.total / plan.at_once)} rounds x "
+            f"({TRIAL_STARTUP_SECONDS:.0f} s start-up + {t.steps} steps x {plan.step_seconds:g} s), evaluations "
+            f"not counted; seconds per step {plan.step_seconds_source}"
+        )
+    return "\n".join(lines)
