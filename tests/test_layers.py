@@ -154,3 +154,18 @@ def test_the_old_module_paths_still_import_with_a_warning(old):
     with pytest.warns(DeprecationWarning, match="moved to"):
         mod = importlib.import_module(old)
     assert mod is importlib.import_module(MOVED[old])
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_is_longer_than_60_lines():
+    """A function that does one job fits on a screen (decorators and docstring included)."""
+    long = []
+    for m, p in MODULES.items():
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{p.relative_to(PKG.parent)}:{node.lineno}: {node.name} has {n} lines")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)

@@ -132,19 +132,33 @@ class _Canvas:
 
 
 def _scene(rng: np.random.Generator, h: int, w: int) -> _Canvas:
-    """Draw one street scene's label map and flat colours (geometry stream)."""
-    # Long on purpose: one drawing sequence whose random draws, in this order, make the pixels the
-    # tests pin by checksum (tests/test_synthetic.py); split it and the order is easy to break.
+    """Draw one street scene's label map and flat colours (geometry stream).
+
+    The parts are drawn in a fixed order, and each takes its random draws in a fixed order:
+    together they make the pixels the tests pin by checksum (tests/test_synthetic.py)."""
     cv = _Canvas(h, w)
     yc, xr_ = _axes(h, w)  # y as a column [H,1], x as a row [1,W]: terms of one axis broadcast
     horizon = h * rng.uniform(0.36, 0.5)
+    _sky(cv, rng, yc, horizon)
+    _skyline(cv, rng, yc, xr_, horizon)
+    road = _Road.draw(cv, rng, yc, xr_, horizon)
+    _bus_lane(cv, rng, road, yc, xr_, horizon)
+    _markings(cv, rng, road, yc, xr_, horizon)
+    _objects(cv, rng, road, horizon)
+    _clutter(cv, rng, yc, xr_, horizon)
+    return cv
 
-    # sky: a vertical gradient
+
+def _sky(cv: _Canvas, rng: np.random.Generator, yc: np.ndarray, horizon: float) -> None:
+    """A vertical gradient."""
     sky_top, sky_low = rng.uniform([60, 110, 170], [110, 150, 230]), rng.uniform([150, 180, 200], [200, 215, 240])
     a = np.clip(yc / max(horizon, 1.0), 0, 1)[..., None]
     cv.colour[:] = sky_top * (1 - a) + sky_low * a
 
-    # skyline: segments of building or trees, per-column tops
+
+def _skyline(cv: _Canvas, rng: np.random.Generator, yc: np.ndarray, xr_: np.ndarray, horizon: float) -> None:
+    """Segments of building (with windows) or trees, per-column tops."""
+    h, w = cv.label.shape
     x = 0.0
     windows = (yc % rng.integers(4, 7) < 2) & (xr_ % rng.integers(4, 7) < 2)
     while x < w:
@@ -164,49 +178,75 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> _Canvas:
             cv.shape(slice(None), xs, m, VEGETATION, rng.uniform([40, 80, 20], [90, 140, 60]))
         x += seg
 
-    # ground: perspective road between two edges meeting at the vanishing point, sidewalk outside
-    vx = w * rng.uniform(0.4, 0.6)
-    xl, xr = w * rng.uniform(-0.45, 0.05), w * rng.uniform(0.95, 1.45)
-    t = np.clip((yc - horizon) / (h - horizon), 0, 1)  # 0 at the horizon, 1 at the bottom; [H,1]
-    left, right = vx + (xl - vx) * t, vx + (xr - vx) * t
-    ground = yc >= horizon
-    road = ground & (xr_ >= left) & (xr_ <= right)
-    road_col = rng.uniform(85, 125) + rng.uniform(-6, 6, 3)
-    cv.shape(slice(None), slice(None), ground & ~road, SIDEWALK, rng.uniform([140, 130, 120], [190, 180, 170]))
-    tiles = ground & ~road & ((yc % 5 < 1) | ((xr_ - vx) % 7 < 1))
-    cv.colour[tiles] *= 0.85
-    cv.shape(slice(None), slice(None), road, ROAD, road_col)
 
-    # rare look-alike of road: a bus lane with a faint red tint along one edge
+class _Road:
+    """The perspective road: two edges meeting at the vanishing point ``vx`` (``xl``/``xr``:
+    the edges at the bottom row), ``t`` 0 at the horizon to 1 at the bottom ([H,1])."""
+
+    def __init__(self, vx: float, xl: float, xr: float, t: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
+        self.vx, self.xl, self.xr, self.t, self.mask, self.colour = vx, xl, xr, t, mask, colour
+        self.left, self.right = vx + (xl - vx) * t, vx + (xr - vx) * t
+
+    @classmethod
+    def draw(cls, cv: _Canvas, rng: np.random.Generator, yc: np.ndarray, xr_: np.ndarray, horizon: float) -> _Road:
+        """Paint the ground: the road, and tiled sidewalk outside it."""
+        h, w = cv.label.shape
+        vx = w * rng.uniform(0.4, 0.6)
+        xl, xr = w * rng.uniform(-0.45, 0.05), w * rng.uniform(0.95, 1.45)
+        t = np.clip((yc - horizon) / (h - horizon), 0, 1)
+        left, right = vx + (xl - vx) * t, vx + (xr - vx) * t
+        ground = yc >= horizon
+        road = ground & (xr_ >= left) & (xr_ <= right)
+        road_col = rng.uniform(85, 125) + rng.uniform(-6, 6, 3)
+        cv.shape(slice(None), slice(None), ground & ~road, SIDEWALK, rng.uniform([140, 130, 120], [190, 180, 170]))
+        tiles = ground & ~road & ((yc % 5 < 1) | ((xr_ - vx) % 7 < 1))
+        cv.colour[tiles] *= 0.85
+        cv.shape(slice(None), slice(None), road, ROAD, road_col)
+        return cls(vx, xl, xr, t, road, road_col)
+
+    def edges_at(self, tb: float) -> tuple[float, float]:
+        return self.vx + (self.xl - self.vx) * tb, self.vx + (self.xr - self.vx) * tb
+
+
+def _bus_lane(cv: _Canvas, rng: np.random.Generator, road: _Road, yc: np.ndarray, xr_: np.ndarray, horizon: float) -> None:
+    """The rare look-alike of road: a bus lane with a faint red tint along one edge."""
+    h = cv.label.shape[0]
     if rng.random() < 0.28:
         frac, y0 = rng.uniform(0.12, 0.2), horizon + (h - horizon) * rng.uniform(0.05, 0.3)
+        span = road.right - road.left
         if rng.random() < 0.5:
-            lane = road & (xr_ <= left + frac * (right - left)) & (yc >= y0)
+            lane = road.mask & (xr_ <= road.left + frac * span) & (yc >= y0)
         else:
-            lane = road & (xr_ >= right - frac * (right - left)) & (yc >= y0)
-        cv.shape(slice(None), slice(None), lane, BUS_LANE, road_col + np.array([14, -3, -6], np.float32))
+            lane = road.mask & (xr_ >= road.right - frac * span) & (yc >= y0)
+        cv.shape(slice(None), slice(None), lane, BUS_LANE, road.colour + np.array([14, -3, -6], np.float32))
 
-    # lane markings (road colour, still labelled road): a dashed centre line
-    centre = vx + (w * rng.uniform(0.4, 0.6) - vx) * t
-    dash = road & (np.abs(xr_ - centre) <= 0.4 + 1.2 * t) & ((yc - horizon) % 8 < 4)
+
+def _markings(cv: _Canvas, rng: np.random.Generator, road: _Road, yc: np.ndarray, xr_: np.ndarray, horizon: float) -> None:
+    """Lane markings (road colour, still labelled road): a dashed centre line."""
+    w = cv.label.shape[1]
+    centre = road.vx + (w * rng.uniform(0.4, 0.6) - road.vx) * road.t
+    dash = road.mask & (np.abs(xr_ - centre) <= 0.4 + 1.2 * road.t) & ((yc - horizon) % 8 < 4)
     cv.shape(slice(None), slice(None), dash & (cv.label == ROAD), None, np.full(3, 225.0, np.float32))
 
-    # objects, painted from far (small bottom y) to near
+
+def _objects(cv: _Canvas, rng: np.random.Generator, road: _Road, horizon: float) -> None:
+    """Cars, a truck, people, poles and a bicycle, painted from far (small bottom y) to near."""
+    h = cv.label.shape[0]
+    at = lambda lo, hi: horizon + (h - horizon) * rng.uniform(lo, hi)  # noqa: E731 - a bottom y
     objects: list[tuple[float, int, float]] = []  # (bottom y, kind, x anchor)
-    n_car = min(rng.poisson(1.6), 4)
-    for _ in range(n_car):
-        objects.append((horizon + (h - horizon) * rng.uniform(0.15, 0.95), CAR, rng.uniform(0.1, 0.9)))
+    for _ in range(min(rng.poisson(1.6), 4)):
+        objects.append((at(0.15, 0.95), CAR, rng.uniform(0.1, 0.9)))
     if rng.random() < 0.15:
-        objects.append((horizon + (h - horizon) * rng.uniform(0.2, 0.9), TRUCK, rng.uniform(0.1, 0.9)))
+        objects.append((at(0.2, 0.9), TRUCK, rng.uniform(0.1, 0.9)))
     for _ in range(min(rng.poisson(1.3), 4)):
-        objects.append((horizon + (h - horizon) * rng.uniform(0.1, 0.95), PERSON, rng.uniform(0, 1)))
+        objects.append((at(0.1, 0.95), PERSON, rng.uniform(0, 1)))
     for _ in range(min(rng.poisson(1.4), 3)):
-        objects.append((horizon + (h - horizon) * rng.uniform(0.1, 0.9), POLE, rng.uniform(0, 1)))
+        objects.append((at(0.1, 0.9), POLE, rng.uniform(0, 1)))
     if rng.random() < 0.22:
-        objects.append((horizon + (h - horizon) * rng.uniform(0.2, 0.95), BICYCLE, rng.uniform(0, 1)))
+        objects.append((at(0.2, 0.95), BICYCLE, rng.uniform(0, 1)))
     for yb, kind, u in sorted(objects):
         tb = (yb - horizon) / (h - horizon)
-        lx, rx = vx + (xl - vx) * tb, vx + (xr - vx) * tb
+        lx, rx = road.edges_at(tb)
         if kind in (CAR, TRUCK):
             _vehicle(cv, rng, yb, lx + u * (rx - lx), tb, kind)
         elif kind in (PERSON, BICYCLE):
@@ -216,7 +256,10 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> _Canvas:
         else:
             _pole(cv, rng, yb, (lx - 2 - 6 * tb) if u < 0.5 else (rx + 2 + 6 * tb), tb)
 
-    # ignore: clutter blobs and an ego-vehicle hood band
+
+def _clutter(cv: _Canvas, rng: np.random.Generator, yc: np.ndarray, xr_: np.ndarray, horizon: float) -> None:
+    """Ignore: clutter blobs and an ego-vehicle hood band."""
+    h, w = cv.label.shape
     if rng.random() < 0.3:
         cy, cx = rng.uniform(horizon, h), rng.uniform(0, w)
         cv.ellipse(cy, cx, h * rng.uniform(0.03, 0.07), w * rng.uniform(0.03, 0.07), IGNORE, rng.uniform(0, 255, 3))
@@ -224,7 +267,6 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> _Canvas:
         band = h * rng.uniform(0.04, 0.08)
         hood = np.broadcast_to(yc >= h - band - 2.0 * np.cos((xr_ / w - 0.5) * np.pi), (h, w))
         cv.shape(slice(None), slice(None), hood, IGNORE, rng.uniform(20, 60, 3))
-    return cv
 
 
 def _vehicle(cv: _Canvas, rng: np.random.Generator, yb: float, cx: float, tb: float, kind: int) -> None:

@@ -232,8 +232,6 @@ def verify_dataset(
     once at the end if any progress line was given (default: stderr; None: silent).
     ``max_problems``: stop after this many bad files. Raises :class:`DataCheckError`.
     """
-    # Long because the worker ``one`` is a closure over the progress and stop state it shares
-    # with its thread pool; the steps are: cache look-up, the parallel check, the record.
     from tce_ray.data.synthetic import SyntheticStreets  # numpy only
 
     label = f"{dataset.name}/{dataset.split}"
@@ -252,41 +250,11 @@ def verify_dataset(
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images pass the check")
 
-    bad: list[BadFile] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-    done = 0
-    last_line = t0
-    said = False
-
-    def one(i: int) -> None:
-        nonlocal done, last_line, said
-        if stop.is_set():
-            return
-        problem = _check_one(dataset, i)
-        with lock:
-            done += 1
-            if problem is not None:
-                bad.append(problem)
-                if len(bad) >= max_problems:
-                    stop.set()
-            now = time.monotonic()
-            if progress is not None and now - last_line >= progress_every and done < n:
-                last_line, said = now, True
-                rate = done / (now - t0)
-                progress(f"checking {label}: {done}/{n} images ({100 * done // n}%), {now - t0:.0f} s, "
-                         f"about {(n - done) / rate:.0f} s left")
-
-    if num_threads == 1 or n < 2:
-        for i in range(n):
-            one(i)
-    else:
-        with ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="verify") as pool:
-            list(pool.map(one, range(n)))
+    check = _Check(dataset, label, progress, progress_every, max_problems)
+    check.run(num_threads)
     seconds = time.monotonic() - t0
-    if bad:
-        bad.sort(key=lambda b: b.index)
-        raise DataCheckError(label, bad, stop.is_set())
+    if check.bad:
+        raise DataCheckError(label, sorted(check.bad, key=lambda b: b.index), check.stop.is_set())
     if record is not None:
         try:
             _write_record(record, {
@@ -297,9 +265,53 @@ def verify_dataset(
         except OSError as exc:  # a read-only cache folder costs a re-check next time, nothing more
             log.warning("could not record the check of %s in %s: %s", label, record, exc)
             record = None
-    if progress is not None and said:
+    if progress is not None and check.said:
         progress(f"checked {label}: {n} images in {seconds:.1f} s")
     return VerifyResult(dataset.name, dataset.split, n, "checked", seconds, record)
+
+
+class _Check:
+    """The parallel check of every file of one data set: the bad files found, the progress
+    lines, and the stop after ``max_problems`` (shared by the pool's threads under a lock)."""
+
+    def __init__(self, dataset: _Dataset, label: str, progress: Callable[[str], None] | None,
+                 progress_every: float, max_problems: int) -> None:
+        self.dataset, self.label, self.n = dataset, label, len(dataset)
+        self.progress, self.progress_every, self.max_problems = progress, progress_every, max_problems
+        self.bad: list[BadFile] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.done = 0
+        self.t0 = self.last_line = time.monotonic()
+        self.said = False
+
+    def run(self, num_threads: int) -> None:
+        if num_threads == 1 or self.n < 2:
+            for i in range(self.n):
+                self.one(i)
+        else:
+            with ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="verify") as pool:
+                list(pool.map(self.one, range(self.n)))
+
+    def one(self, i: int) -> None:
+        if self.stop.is_set():
+            return
+        problem = _check_one(self.dataset, i)
+        with self.lock:
+            self.done += 1
+            if problem is not None:
+                self.bad.append(problem)
+                if len(self.bad) >= self.max_problems:
+                    self.stop.set()
+            self._progress_line()
+
+    def _progress_line(self) -> None:
+        now, done, n = time.monotonic(), self.done, self.n
+        if self.progress is not None and now - self.last_line >= self.progress_every and done < n:
+            self.last_line, self.said = now, True
+            rate = done / (now - self.t0)
+            self.progress(f"checking {self.label}: {done}/{n} images ({100 * done // n}%), {now - self.t0:.0f} s, "
+                          f"about {(n - done) / rate:.0f} s left")
 
 
 def verify_splits(datasets: Sequence[_Dataset], **options: Any) -> list[VerifyResult]:

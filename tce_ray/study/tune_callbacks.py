@@ -13,7 +13,7 @@ from tce_ray.train.step_progress import clear_step, read_step
 if TYPE_CHECKING:  # pragma: no cover
     from tce_ray.core.objectives import Objective
 
-__all__ = ["with_objectives", "make_report_callback", "progress_callback", "finite", "RUNNING_LINE_EVERY_S"]
+__all__ = ["with_objectives", "make_report_callback", "ProgressLines", "progress_callback", "finite", "RUNNING_LINE_EVERY_S"]
 
 RUNNING_LINE_EVERY_S = 60.0
 """Between a trial's reports, a "running" line with its step at most this often (seconds)."""
@@ -65,121 +65,153 @@ def make_report_callback(objectives: Sequence[Objective]) -> Any:
     return ObjectiveReportCallback(objectives)
 
 
-def progress_callback(
-    keys: Sequence[str], total: int, show_seed: bool = False, *, modes: dict[str, str] | None = None,
-    steps: int | None = None, terse: bool = False, experiment_path: str | None = None,
-) -> Any:
-    """A Tune callback printing the study's progress as plain lines (no control codes, so a
-    log file reads like the terminal). ``keys``: the objectives' metric keys, ``total``: the
-    study's trials, ``modes``: key -> "max"/"min" (for the best so far), ``steps``: a run's
-    training steps (for step progress and ETA).
+class ProgressLines:
+    """The study's progress as plain lines (no control codes, so a log file reads like the
+    terminal), from Tune's trial events; no Ray here (:func:`progress_callback` forwards
+    Tune's callbacks to it). ``keys``: the objectives' metric keys, ``total``: the study's
+    trials, ``modes``: key -> "max"/"min" (for the best so far), ``steps``: a run's training
+    steps (for step progress and ETA).
 
     ``terse``: one line per trial event (start, every report, end). Otherwise also: where
     the logs are (at the start), each report's step progress with its rate and the trial's
     ETA, every :data:`RUNNING_LINE_EVERY_S` between reports a "running" line with each
     running trial's step, rate and ETA (the step rank 0 published,
-    :mod:`tce_ray.train.step_progress`), and after each finished trial the study's trials done/total with an ETA and the
-    best value so far of each objective."""
-    # Long because it defines the Callback class inside (Ray Tune is imported only when a study runs).
+    :mod:`tce_ray.train.step_progress`), and after each finished trial the study's trials
+    done/total with an ETA and the best value so far of each objective."""
+
+    def __init__(self, keys: Sequence[str], total: int, show_seed: bool = False, *, modes: dict[str, str] | None = None,
+                 steps: int | None = None, terse: bool = False, experiment_path: str | None = None) -> None:
+        self.keys, self.total, self.show_seed, self.modes = list(keys), total, show_seed, modes or {}
+        self.steps, self.terse, self.experiment_path = steps, terse, experiment_path
+        self.t0 = self.last_beat = time.time()
+        self.seen: dict[str, tuple[float, int]] = {}  # trial id -> (time, step) of its last report
+        self.best: dict[str, tuple[float, str]] = {}  # objective -> (value, trial id)
+        self.finished_here = 0
+        self.published: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) last read from the store
+
+    def say(self, msg: str) -> None:
+        print(f"[{time.time() - self.t0:6.0f}s] {msg}", flush=True)
+
+    def label(self, trial: Any) -> str:
+        return f"{trial.trial_id} [{_settings_text(trial.config or {}, self.show_seed)}]"
+
+    @staticmethod
+    def done(trials: Sequence[Any], trial: Any) -> int:
+        """Trials finished, this one included (a resumed study's earlier trials too)."""
+        return 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+
+    def _where(self, trial_id: str, step: float, t: float, since: tuple[float, float] | None) -> str:
+        """``step s/N (p%)`` and, from the previous (time, step), the rate and the ETA."""
+        where = f"step {int(step)}/{self.steps} ({100 * step / self.steps:.0f}%)"
+        if since is not None and step > since[1] and t > since[0]:
+            rate = (step - since[1]) / (t - since[0])
+            where += f", {_rate(rate)}, ETA {_duration(max(0.0, self.steps - step) / rate)}"
+        return where
+
+    def start(self) -> None:
+        self.t0 = time.time()
+        if not self.terse:
+            self.say(f"logs: {_log_locations(self.experiment_path or '<storage>/<name>')}")
+
+    def trial_start(self, trial: Any) -> None:
+        self.seen[trial.trial_id] = (time.time(), 0)
+        self.say(f"start    {self.label(trial)}")
+
+    def beat(self, trials: Sequence[Any]) -> None:
+        """Tune's loop, many times a second: a "running" line per running trial, now and then."""
+        now = time.time()
+        if self.terse or not self.steps or now - self.last_beat < RUNNING_LINE_EVERY_S:
+            return
+        self.last_beat = now
+        for trial in trials:
+            if trial.status == "RUNNING":
+                self.running_line(trial)
+
+    def running_line(self, trial: Any) -> None:
+        """Between reports: the step rank 0 published (both times on the worker's clock)."""
+        got = read_step(trial.trial_id)
+        if got is None:
+            return
+        step, t = got
+        prev = self.published.get(trial.trial_id)
+        self.published[trial.trial_id] = got
+        if step <= self.seen.get(trial.trial_id, (self.t0, 0))[1]:
+            return  # nothing new since the last report or line
+        self.seen[trial.trial_id] = (t, step)
+        self.say(f"running  {trial.trial_id} {self._where(trial.trial_id, step, t, prev and (prev[1], prev[0]))}")
+
+    def trial_result(self, trial: Any, result: dict[str, Any]) -> None:
+        vals = " ".join(f"{n}={result[n]:.4f}" for n in self.keys if finite(result.get(n)))
+        step = result.get("step")
+        where = f"step {step}"
+        if not self.terse and self.steps and isinstance(step, (int, float)):
+            now = time.time()
+            since = self.seen.get(trial.trial_id, (self.t0, 0))
+            self.seen[trial.trial_id] = (now, int(step))
+            where = self._where(trial.trial_id, step, now, since)
+        self.say(f"report   {trial.trial_id} {where}: {vals} miou={result.get('miou', float('nan')):.4f}")
+
+    def trial_end(self, trials: Sequence[Any], trial: Any, ok: bool) -> None:
+        clear_step(trial.trial_id)
+        what = "finished" if ok else "FAILED  "
+        tail = "" if ok else "; the study goes on"
+        self.say(f"{what} {self.label(trial)} ({self.done(trials, trial)}/{self.total}){tail}")
+        if not self.terse:
+            self._update_best(trial, ok)
+            self._study_line(trials, trial, ok)
+
+    def _update_best(self, trial: Any, ok: bool) -> None:
+        self.finished_here += 1
+        last = trial.last_result or {}
+        for k in self.keys if ok else ():
+            v = last.get(k)
+            if finite(v) and k in self.modes:
+                old = self.best.get(k)
+                if old is None or (v > old[0] if self.modes[k] == "max" else v < old[0]):
+                    self.best[k] = (float(v), trial.trial_id)
+
+    def _study_line(self, trials: Sequence[Any], trial: Any, ok: bool) -> None:
+        done = self.done(trials, trial)
+        failed = sum(t.status == "ERROR" for t in trials if t is not trial) + (not ok)
+        running = sum(t.status == "RUNNING" for t in trials if t is not trial)
+        elapsed = time.time() - self.t0
+        eta = elapsed / self.finished_here * max(0, self.total - done)
+        best = ", ".join(f"{k}={v:.4f} ({tid})" for k, (v, tid) in self.best.items()) or "none yet"
+        self.say(f"study    {done}/{self.total} trials done ({failed} failed, {running} running), "
+                 f"elapsed {_duration(elapsed)}, ETA {_duration(eta)}; best so far: {best}")
+
+
+def progress_callback(
+    keys: Sequence[str], total: int, show_seed: bool = False, *, modes: dict[str, str] | None = None,
+    steps: int | None = None, terse: bool = False, experiment_path: str | None = None,
+) -> Any:
+    """A Tune callback printing the study's progress: :class:`ProgressLines` (same arguments)
+    fed by Tune's trial events (Ray Tune is imported only here, when a study runs)."""
     from ray import tune
 
+    lines = ProgressLines(keys, total, show_seed, modes=modes, steps=steps, terse=terse, experiment_path=experiment_path)
+
     class Progress(tune.Callback):
-        def __init__(self) -> None:
-            self.t0 = time.time()
-            self.seen: dict[str, tuple[float, int]] = {}  # trial id -> (time, step) of its last report
-            self.best: dict[str, tuple[float, str]] = {}  # objective -> (value, trial id)
-            self.finished_here = 0
-            self.last_beat = time.time()
-            self.published: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) last read from the store
+        def __getattr__(self, name: str) -> Any:  # the state, for tests and callers: cb.best, cb.seen
+            return getattr(lines, name)
 
-        def setup(self, **info):  # noqa: ANN003 - a new (or resumed) experiment starts
-            self.t0 = time.time()
-            if not terse:
-                self._say(f"logs: {_log_locations(experiment_path or '<storage>/<name>')}")
+        def setup(self, **info: Any) -> None:
+            lines.start()
 
-        @staticmethod
-        def _done(trials, trial) -> int:  # noqa: ANN001 - counts a resumed study's earlier trials too
-            return 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            lines.trial_start(trial)
 
-        def _label(self, trial) -> str:  # noqa: ANN001
-            return f"{trial.trial_id} [{_settings_text(trial.config or {}, show_seed)}]"
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            lines.beat(trials)
 
-        def _say(self, msg: str) -> None:
-            print(f"[{time.time() - self.t0:6.0f}s] {msg}", flush=True)
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            lines.trial_result(trial, result)
 
-        def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
-            self.seen[trial.trial_id] = (time.time(), 0)
-            self._say(f"start    {self._label(trial)}")
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            lines.trial_end(trials, trial, ok=True)
 
-        def on_step_end(self, iteration, trials, **info):  # noqa: ANN001 - Tune's loop, many times a second
-            now = time.time()
-            if terse or not steps or now - self.last_beat < RUNNING_LINE_EVERY_S:
-                return
-            self.last_beat = now
-            for trial in trials:
-                if trial.status == "RUNNING":
-                    self._running_line(trial)
-
-        def _running_line(self, trial) -> None:  # noqa: ANN001 - between reports: the step rank 0 published
-            got = read_step(trial.trial_id)
-            if got is None:
-                return
-            step, t = got
-            prev = self.published.get(trial.trial_id)
-            self.published[trial.trial_id] = got
-            if step <= self.seen.get(trial.trial_id, (self.t0, 0))[1]:
-                return  # nothing new since the last report or line
-            self.seen[trial.trial_id] = (t, step)
-            where = f"step {step}/{steps} ({100 * step / steps:.0f}%)"
-            if prev is not None and step > prev[0] and t > prev[1]:  # both times the worker's clock
-                rate = (step - prev[0]) / (t - prev[1])
-                where += f", {_rate(rate)}, ETA {_duration(max(0.0, steps - step) / rate)}"
-            self._say(f"running  {trial.trial_id} {where}")
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
-            vals = " ".join(f"{n}={result[n]:.4f}" for n in keys if finite(result.get(n)))
-            step = result.get("step")
-            where = f"step {step}"
-            if not terse and steps and isinstance(step, (int, float)):
-                now = time.time()
-                t_prev, s_prev = self.seen.get(trial.trial_id, (self.t0, 0))
-                self.seen[trial.trial_id] = (now, int(step))
-                where = f"step {int(step)}/{steps} ({100 * step / steps:.0f}%)"
-                if step > s_prev and now > t_prev:
-                    rate = (step - s_prev) / (now - t_prev)
-                    where += f", {_rate(rate)}, ETA {_duration(max(0.0, steps - step) / rate)}"
-            self._say(f"report   {trial.trial_id} {where}: {vals} miou={result.get('miou', float('nan')):.4f}")
-
-        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-            clear_step(trial.trial_id)
-            self._say(f"finished {self._label(trial)} ({self._done(trials, trial)}/{total})")
-            self._study_line(trials, trial, ok=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-            clear_step(trial.trial_id)
-            self._say(f"FAILED   {self._label(trial)} ({self._done(trials, trial)}/{total}); the study goes on")
-            self._study_line(trials, trial, ok=False)
-
-        def _study_line(self, trials, trial, ok: bool) -> None:  # noqa: ANN001
-            if terse:
-                return
-            self.finished_here += 1
-            last = trial.last_result or {}
-            if ok and modes:
-                for k in keys:
-                    v = last.get(k)
-                    if finite(v) and k in modes:
-                        better = self.best.get(k) is None or (v > self.best[k][0] if modes[k] == "max" else v < self.best[k][0])
-                        if better:
-                            self.best[k] = (float(v), trial.trial_id)
-            done = self._done(trials, trial)
-            failed = sum(t.status == "ERROR" for t in trials if t is not trial) + (not ok)
-            running = sum(t.status == "RUNNING" for t in trials if t is not trial)
-            elapsed = time.time() - self.t0
-            eta = elapsed / self.finished_here * max(0, total - done)
-            best = ", ".join(f"{k}={v:.4f} ({tid})" for k, (v, tid) in self.best.items()) or "none yet"
-            self._say(f"study    {done}/{total} trials done ({failed} failed, {running} running), "
-                      f"elapsed {_duration(elapsed)}, ETA {_duration(eta)}; best so far: {best}")
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            lines.trial_end(trials, trial, ok=False)
 
     return Progress()
 
