@@ -223,6 +223,7 @@ def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, addres
                 progress: bool | str, connect_timeout_s: float | None, callbacks: Sequence[Any] | None = None,
                 ) -> StudyResult:
     """The study once its folder is locked: Ray, the tuner, ``fit()``, the result files."""
+    _failed_start(cfg, resume)  # before Ray: a start that died left nothing to wait for Ray over
     from tce_ray.train.ray_env import DEFAULT_CONNECT_TIMEOUT_S, ClusterUnreachable, cluster_problem, ensure_ray, pickle_by_value, shipped_plugins
 
     try:  # an unreachable cluster address fails here, before Ray is even imported
@@ -260,6 +261,21 @@ def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, addres
     if progress:
         _print_summary(result, total)
     return result
+
+
+def _failed_start(cfg: StudyConfig, resume: bool) -> None:
+    """A folder left by a start that died before Tune saved any state
+    (:mod:`tce_ray.study.failed_start`): a new study sets its leftovers aside (one line), a
+    resume stops with one line saying to run it without ``--resume``."""
+    from tce_ray.study.failed_start import never_started, set_aside
+
+    exp_path = cfg.experiment_path()
+    if resume and never_started(exp_path):
+        raise StudyError(f"nothing to resume at {exp_path}: the study was stopped before Tune saved any state "
+                         "(no trial ran); run it again without --resume (it then starts as a new study)")
+    note = None if resume else set_aside(exp_path)
+    if note:
+        print(note, file=sys.stderr, flush=True)
 
 
 def _restore_tuner(cfg: StudyConfig, trainable: Any, progress: bool) -> tune.Tuner:
