@@ -73,7 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from ray import tune
 
-__all__ = ["run_study", "StudyResult", "StudyError", "resolve_objectives", "build_scheduler", "write_study_results"]
+__all__ = ["run_study", "preflight_study", "StudyResult", "StudyError", "resolve_objectives", "build_scheduler", "write_study_results"]
 
 RUNS_DIR = "runs"
 """Train runs of the trials live in ``<storage>/<name>/runs/<trial_id>``."""
@@ -184,7 +184,7 @@ def run_study(
     if cfg.scheduler and cfg.scheduler.asha and cfg.scheduler.asha.metric not in _modes(objs):
         raise ConfigError(f"{cfg.scheduler.asha.metric!r} is not one of the objectives {list(_modes(objs))}", path="scheduler.asha.metric")
     if check:
-        _preflight(cfg, file if file is not None else (config if isinstance(config, (str, os.PathLike)) else None),
+        preflight_study(cfg, file if file is not None else (config if isinstance(config, (str, os.PathLike)) else None),
                    address, progress)
     lock = _lock_study_folder(cfg, force_unlock)
     try:
@@ -194,8 +194,9 @@ def run_study(
         lock.release()
 
 
-def _preflight(cfg: StudyConfig, file: Any, address: str | None, progress: bool) -> None:
-    """:func:`tce_ray.study.preflight.preflight` (no Ray yet): raises PreflightError, prints its summary."""
+def preflight_study(cfg: StudyConfig, file: Any, address: str | None, progress: bool | str) -> None:
+    """:func:`tce_ray.study.preflight.preflight` as a study runs it (no Ray; ``--dry-run`` too):
+    raises PreflightError, prints its warnings and (with ``progress``) its summary."""
     from tce_ray.study.preflight import preflight, verify_cache_dir
     from tce_ray.train.run_state import storage_join
 
