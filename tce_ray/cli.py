@@ -182,19 +182,38 @@ def add_observe_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a value of the study file before it is validated (repeatable; the value is "
                         "YAML: --set train.steps=5 --set search.seeds=[0,1] --set loss.name=focal)")
     p.add_argument("--dry-run", action="store_true",
-                   help="validate the file and print the trial plan (configurations x seeds + sampled trials, "
+                   help="validate the file, run the preflight (see --no-preflight) and print the trial plan (configurations x seeds + sampled trials, "
                         "resources per trial, a wall-time estimate); Ray is not started")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="with --dry-run: skip the preflight (the data set's files and options, the model and its "
+                        "weights file, the folders, the resources), which the dry run otherwise runs as the study would")
     p.add_argument("--step-seconds", type=float, metavar="S",
                    help="with --dry-run: seconds per training step for the wall-time estimate")
 
 
 def dry_run(cfg: Any, args: argparse.Namespace) -> int:
-    """Print the plan of the validated study ``cfg``; 0."""
+    """Run the preflight (unless ``--no-preflight``) and print the plan of the validated study
+    ``cfg``; 0, or 2 when the preflight fails (one line)."""
     from tce_ray.study.plan import format_plan
 
     if args.step_seconds is not None and not args.step_seconds > 0:
         print(f"error: --step-seconds must be > 0 (got {args.step_seconds})", file=sys.stderr)
         return 2
+    if not args.no_preflight and not _dry_preflight(cfg, args):
+        return EXIT_BAD_INPUT
     print(format_plan(cfg, step_seconds=args.step_seconds))
     print("dry run: nothing was started")
     return 0
+
+
+def _dry_preflight(cfg: Any, args: argparse.Namespace) -> bool:
+    """The preflight a study runs before Ray (:func:`tce_ray.study.runner.preflight_study`);
+    False after printing its one-line error."""
+    from tce_ray.study.runner import preflight_study  # imports no Ray
+
+    try:
+        preflight_study(cfg, args.config, args.address, progress=True)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True

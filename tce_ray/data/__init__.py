@@ -50,7 +50,8 @@ register_dataset(
 )
 register_dataset(
     "folder", "tce_ray.data.folder:build_folder",
-    root_holds="<split>/ images and <split>annot/ label maps", doc="image/label folders paired by file stem",
+    root_holds="images/<split>/ and labels/<split>/ (or the folders data.options.image_dir / label_dir name; "
+               "an image and its label map share a file stem)", doc="image/label folders paired by file stem",
 )
 
 

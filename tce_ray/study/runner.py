@@ -73,7 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from ray import tune
 
-__all__ = ["run_study", "StudyResult", "StudyError", "resolve_objectives", "build_scheduler", "write_study_results"]
+__all__ = ["run_study", "preflight_study", "StudyResult", "StudyError", "resolve_objectives", "build_scheduler", "write_study_results"]
 
 RUNS_DIR = "runs"
 """Train runs of the trials live in ``<storage>/<name>/runs/<trial_id>``."""
@@ -184,7 +184,7 @@ def run_study(
     if cfg.scheduler and cfg.scheduler.asha and cfg.scheduler.asha.metric not in _modes(objs):
         raise ConfigError(f"{cfg.scheduler.asha.metric!r} is not one of the objectives {list(_modes(objs))}", path="scheduler.asha.metric")
     if check:
-        _preflight(cfg, file if file is not None else (config if isinstance(config, (str, os.PathLike)) else None),
+        preflight_study(cfg, file if file is not None else (config if isinstance(config, (str, os.PathLike)) else None),
                    address, progress)
     lock = _lock_study_folder(cfg, force_unlock)
     try:
@@ -194,8 +194,9 @@ def run_study(
         lock.release()
 
 
-def _preflight(cfg: StudyConfig, file: Any, address: str | None, progress: bool) -> None:
-    """:func:`tce_ray.study.preflight.preflight` (no Ray yet): raises PreflightError, prints its summary."""
+def preflight_study(cfg: StudyConfig, file: Any, address: str | None, progress: bool | str) -> None:
+    """:func:`tce_ray.study.preflight.preflight` as a study runs it (no Ray; ``--dry-run`` too):
+    raises PreflightError, prints its warnings and (with ``progress``) its summary."""
     from tce_ray.study.preflight import preflight, verify_cache_dir
     from tce_ray.train.run_state import storage_join
 
@@ -223,6 +224,7 @@ def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, addres
                 progress: bool | str, connect_timeout_s: float | None, callbacks: Sequence[Any] | None = None,
                 ) -> StudyResult:
     """The study once its folder is locked: Ray, the tuner, ``fit()``, the result files."""
+    _failed_start(cfg, resume)  # before Ray: a start that died left nothing to wait for Ray over
     from tce_ray.train.ray_env import DEFAULT_CONNECT_TIMEOUT_S, ClusterUnreachable, cluster_problem, ensure_ray, pickle_by_value, shipped_plugins
 
     try:  # an unreachable cluster address fails here, before Ray is even imported
@@ -260,6 +262,21 @@ def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, addres
     if progress:
         _print_summary(result, total)
     return result
+
+
+def _failed_start(cfg: StudyConfig, resume: bool) -> None:
+    """A folder left by a start that died before Tune saved any state
+    (:mod:`tce_ray.study.failed_start`): a new study sets its leftovers aside (one line), a
+    resume stops with one line saying to run it without ``--resume``."""
+    from tce_ray.study.failed_start import never_started, set_aside
+
+    exp_path = cfg.experiment_path()
+    if resume and never_started(exp_path):
+        raise StudyError(f"nothing to resume at {exp_path}: the study was stopped before Tune saved any state "
+                         "(no trial ran); run it again without --resume (it then starts as a new study)")
+    note = None if resume else set_aside(exp_path)
+    if note:
+        print(note, file=sys.stderr, flush=True)
 
 
 def _restore_tuner(cfg: StudyConfig, trainable: Any, progress: bool) -> tune.Tuner:
