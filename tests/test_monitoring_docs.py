@@ -1,5 +1,5 @@
 """The shipped Grafana dashboard reads the gauges tce_ray.train.live_metrics exports, by their
-exported names and tags; the README's monitoring steps name them too."""
+exported names and tags; docs/monitoring.md's steps name them too."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_dashboard_run_variable_and_datasource() -> None:
 
 
 def test_readme_monitoring_steps_name_the_gauges_and_files() -> None:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "monitoring.md").read_text()
     section = text.split("## Monitoring", 1)[1].split("\n## ", 1)[0]
     for name, _, _ in GAUGE_SPECS.values():
         assert f"ray_{name}" in section

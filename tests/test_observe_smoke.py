@@ -169,12 +169,12 @@ def test_readme_blocks_after_smoke(smoke) -> None:
     from test_readme_examples import readme_blocks
 
     blocks = [b for b in readme_blocks() if b.mode == "after-smoke"]
-    assert blocks, "the README has no block marked readme-test: after-smoke"
+    assert blocks, "README.md and docs/*.md have no block marked readme-test: after-smoke"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
     for b in blocks:
         done = subprocess.run([sys.executable, "-c", b.code], cwd=smoke["base"], env=env, capture_output=True,
                               text=True, timeout=300)
-        assert done.returncode == 0, f"README block at line {b.line}:\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, f"{b.page}:{b.line}:\n{done.stderr[-3000:]}"
 
 
 def test_resume_goes_through_the_journal(smoke) -> None:

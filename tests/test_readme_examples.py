@@ -1,4 +1,4 @@
-"""The README's Python examples run as written (each ```python block in a fresh process).
+"""The Python examples of README.md and docs/*.md run as written (each ```python block in a fresh process).
 
 A block may be preceded by a marker comment:
 ``<!-- readme-test: skip (why) -->`` (not run: e.g. it starts a study or needs user files),
@@ -26,11 +26,22 @@ class Block:
     line: int
     mode: str  # "run", "skip" or "after-smoke"
     code: str
+    page: str = "README.md"
+
+
+DOC_PAGES = ["README.md"] + sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))
+
+
+def _blocks(text: str, page: str) -> list[Block]:
+    return [Block(text[: m.start(2)].count("\n") + 1, m.group(1) or "run", m.group(2), page)
+            for m in _BLOCK.finditer(text)]
 
 
 def readme_blocks(text: str | None = None) -> list[Block]:
-    text = (ROOT / "README.md").read_text() if text is None else text
-    return [Block(text[: m.start(2)].count("\n") + 1, m.group(1) or "run", m.group(2)) for m in _BLOCK.finditer(text)]
+    """The marked Python blocks of ``text``, or of README.md and every docs/*.md page."""
+    if text is not None:
+        return _blocks(text, "README.md")
+    return [b for page in DOC_PAGES for b in _blocks((ROOT / page).read_text(), page)]
 
 
 def test_the_parser_sees_markers() -> None:
@@ -43,10 +54,10 @@ def test_the_parser_sees_markers() -> None:
 _RUN = [b for b in readme_blocks() if b.mode == "run"]
 
 
-@pytest.mark.parametrize("block", _RUN, ids=[f"README.md:{b.line}" for b in _RUN])
+@pytest.mark.parametrize("block", _RUN, ids=[f"{b.page}:{b.line}" for b in _RUN])
 @pytest.mark.timeout(300)
 def test_readme_block_runs(block: Block, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", block.code], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=280)
-    assert done.returncode == 0, f"README.md:{block.line}:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"{block.page}:{block.line}:\n{done.stderr[-3000:]}"
