@@ -255,7 +255,7 @@ def test_cityscapes_study_is_the_papers_setup(tmp_path, monkeypatch):
     monkeypatch.setenv("CITYSCAPES_DATASET", str(tmp_path))
     cfg = load_config(STUDIES / "cityscapes_fairness.yaml")
     assert cfg.run.data.name == "cityscapes" and cfg.run.data.root == str(tmp_path)
-    assert cfg.run.model.backbone == "resnet101"
+    assert cfg.run.model.backbone == "resnet101" and cfg.run.model.backbone_weights == "imagenet"  # as the paper
     assert cfg.run.train.num_workers * cfg.run.train.batch_size == 8 and cfg.run.train.use_gpu
     assert cfg.run.optim.lr == 0.01 and cfg.run.optim.momentum == 0.9
     names = [(c.name, c.t) for c in cfg.search.configurations]

@@ -104,10 +104,12 @@ def deeplabv3plus(
     output_stride: int = 16,
     backbone_weights: str | Path | None = None,
 ) -> DeepLabV3Plus:
-    """DeepLabv3+ with a dilated torchvision (or "tiny") backbone; nothing is downloaded.
+    """DeepLabv3+ with a dilated torchvision (or "tiny") backbone.
 
     ``backbone_weights``: a local torchvision state-dict file for the backbone (its
-    classifier keys are ignored); a missing file raises FileNotFoundError.
+    classifier keys are ignored; a missing file raises FileNotFoundError), or a torchvision
+    weights name, ``imagenet`` / ``IMAGENET1K_V2`` / ``ResNet101_Weights.IMAGENET1K_V2``, read
+    from the torch hub cache (downloaded into it when online; see :mod:`tce_ray.models.pretrained`).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")

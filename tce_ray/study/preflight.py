@@ -21,7 +21,9 @@ before Ray is imported. It builds what every trial would build first, once, in t
   (:func:`verify_cache_dir`), so a re-run costs a fraction of a millisecond per split;
 - **the model**: built once per distinct ``model`` section with the data set's classes
   (backbone name, output stride, ``backbone_weights`` loaded with ``weights_only=True`` and
-  matched to the backbone), then one forward pass on a small image.
+  matched to the backbone: a local file, or a torchvision weights name such as ``imagenet``
+  from the torch hub cache, downloaded into it when online; offline, the error names the
+  cache file to place), then one forward pass on a small image.
 
 Each problem raises :class:`PreflightError` (a :class:`~tce_ray.study.config.ConfigError`: one
 line with the file, the YAML line and the key path, what is wrong and how to fix it); the
@@ -376,7 +378,7 @@ def _check_model(model: ModelSpec, num_classes: int, prefix: str, where: _Where)
     try:
         net = deeplabv3plus(num_classes, model.backbone, model.output_stride, model.backbone_weights)
     except Exception as exc:
-        text = _one_line(exc)
+        text = _one_line(exc, 800)  # a weights error names a file and a URL
         if not model.backbone_weights:
             raise where.error(key("model"), f"cannot build the model: {text}") from None
         if not isinstance(exc, (FileNotFoundError, ValueError)):  # torch.load of a file that is no state dict
@@ -393,8 +395,20 @@ def _check_model(model: ModelSpec, num_classes: int, prefix: str, where: _Where)
     if tuple(out.shape) != (1, num_classes, _PROBE_SIZE, _PROBE_SIZE):
         raise where.error(key("model"), f"the model gives logits of shape {tuple(out.shape)} for a 1x3x{_PROBE_SIZE}"
                                         f"x{_PROBE_SIZE} input; expected (1, {num_classes}, {_PROBE_SIZE}, {_PROBE_SIZE})")
-    weights = f", weights {Path(model.backbone_weights).name}" if model.backbone_weights else ""
-    return f"model {model.backbone} (os {model.output_stride}{weights})"
+    return f"model {model.backbone} (os {model.output_stride}{_weights_line(model)})"
+
+
+def _weights_line(model: ModelSpec) -> str:
+    """", weights <file>" or ", weights ResNet101_Weights.IMAGENET1K_V2 (<hub cache file>)"."""
+    w = model.backbone_weights
+    if not w:
+        return ""
+    from tce_ray.models.pretrained import hub_cache_file, is_weights_name, resolve_weights
+
+    if not is_weights_name(w):
+        return f", weights {Path(w).name}"
+    weights = resolve_weights(model.backbone, w)
+    return f", weights {type(weights).__name__}.{weights.name} ({hub_cache_file(weights)})"
 
 
 def _check_numbers(run: RunSpec, prefix: str, where: _Where) -> None:

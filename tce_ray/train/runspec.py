@@ -191,13 +191,30 @@ def _checked_root(entry: DatasetEntry, root: str | None) -> str:
     return str(path.resolve())  # absolute, so that Ray workers (whose working directory is not the user's) find it
 
 
+_IMAGENET_BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large")
+"""The backbones with torchvision weights (``tce_ray.models.pretrained.IMAGENET_BACKBONES``)."""
+
+
 class ModelSpec(_Strict):
     """DeepLabv3+ (``tce_ray.models.deeplabv3plus``)."""
 
     backbone: str = "tiny"
     output_stride: Literal[8, 16] = 16
     backbone_weights: str | None = None
-    """A local torchvision state-dict file; never downloaded."""
+    """The backbone's initial weights: a local state-dict file (possibly under ``state_dict`` /
+    ``model``, with DDP's ``module.`` prefix) or a torchvision weights name, ``imagenet``,
+    ``IMAGENET1K_V2`` or ``ResNet101_Weights.IMAGENET1K_V2`` (torch hub cache; downloaded when
+    online). The preflight loads them; this only checks that a name suits the backbone."""
+
+    @model_validator(mode="after")
+    def _weights_name(self) -> ModelSpec:
+        w = self.backbone_weights
+        named = w is not None and (w.lower() == "imagenet" or re.fullmatch(r"(?:\w+_Weights\.)?[A-Z][A-Z0-9_]*", w))
+        if named and self.backbone not in _IMAGENET_BACKBONES:
+            raise KeyPathError("backbone_weights", (
+                f"backbone_weights {w!r} names torchvision weights but the {self.backbone!r} backbone has none; use "
+                f"one of {list(_IMAGENET_BACKBONES)} or a local state-dict file"))
+        return self
 
 
 class LossSpec(RegistryShaped):
