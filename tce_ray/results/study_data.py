@@ -9,6 +9,7 @@ URI (``s3://...``). ::
     s.trials, s.pareto, s.groups, s.history    # pandas DataFrames
     s.objectives                               # {"worst_iou": "max", "iou_std": "min"}
     s.optuna_study()                           # the Optuna study (journal or optuna_storage)
+    s.model("best:worst_iou")                  # a trial's trained network (eval mode)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
     import pandas as pd
+    from torch import nn
 
 __all__ = ["StudyResult", "StudyData", "load_study", "JOURNAL_FILE"]
 
@@ -80,6 +82,16 @@ class StudyData(StudyResult):
         if not ckpt:
             raise FileNotFoundError(f"trial {trial_id} has no checkpoint (it never reported one)")
         return load_confusion(ckpt)
+
+    def model(self, which: str = "best", device: str = "cpu") -> nn.Module:
+        """The trained network of a trial: ``which`` is a trial id, ``"best:<objective>"`` (the
+        completed trial best by that registered objective, in the study's direction; see
+        :mod:`tce_ray.results.trial_model`) or ``"best"`` (the first objective). Rebuilt from the
+        trial's checkpoint, its weights loaded, in eval mode on ``device``. KeyError for an
+        unknown trial or objective, FileNotFoundError for a trial without a checkpoint."""
+        from tce_ray.results.trial_model import load_trial_model
+
+        return load_trial_model(self, which, device).network
 
     def optuna_study(self) -> optuna.Study:
         """The study's Optuna study: its journal (``<dir>/optuna.journal``) or the
