@@ -26,11 +26,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tce_ray.results.trial_model import TrialModel, load_trial_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tce_ray.results.study_data import StudyData
 
 __all__ = ["evaluate_split", "predict_folder", "main"]
 
@@ -62,15 +65,20 @@ def _confusion(tm: TrialModel, ds: Any, device: str) -> np.ndarray:
     return cm.cpu().numpy()
 
 
-def evaluate_split(study_dir: str | os.PathLike[str], trial: str = "best", split: str | None = None, *,
+def _study(study: Any) -> StudyData:
+    from tce_ray.results.study_data import StudyData, load_study
+
+    return study if isinstance(study, StudyData) else load_study(study)
+
+
+def evaluate_split(study_dir: str | os.PathLike[str] | StudyData, trial: str = "best", split: str | None = None, *,
                    reference: str | None = None, root: str | None = None, device: str = "cpu") -> dict[str, Any]:
     """Score ``trial``'s model on ``split`` of its data set (default: the run's val split);
     returns what ``metrics.json`` holds (IoU and criteria as fractions, None for absent classes)."""
     from tce_ray.core.metrics import fairness_report, per_class_iou
     from tce_ray.core.objectives import get_objective
-    from tce_ray.results.study_data import load_study
 
-    study = load_study(study_dir)
+    study = _study(study_dir)
     tm = load_trial_model(study, trial, device)
     ds = _split_dataset(tm, split, root)
     cm = _confusion(tm, ds, device)
@@ -114,7 +122,7 @@ def _image_files(images: Path) -> list[Path]:
     return files
 
 
-def predict_folder(study_dir: str | os.PathLike[str], images: str | os.PathLike[str], out: str | os.PathLike[str],
+def predict_folder(study_dir: str | os.PathLike[str] | StudyData, images: str | os.PathLike[str], out: str | os.PathLike[str],
                    trial: str = "best", *, device: str = "cpu") -> dict[str, Any]:
     """Label every image of the folder ``images`` with ``trial``'s model: ``out/<stem>.png``
     (uint8, pixel = class id); returns what ``predictions.json`` holds."""
@@ -122,9 +130,8 @@ def predict_folder(study_dir: str | os.PathLike[str], images: str | os.PathLike[
     from PIL import Image
 
     from tce_ray.data.transforms import SegmentationTransform
-    from tce_ray.results.study_data import load_study
 
-    tm = load_trial_model(load_study(study_dir), trial, device)
+    tm = load_trial_model(_study(study_dir), trial, device)
     if len(tm.class_names) > 256:
         raise ValueError(f"{len(tm.class_names)} classes do not fit an 8-bit label map")
     files, out = _image_files(Path(images)), Path(out)
@@ -132,7 +139,7 @@ def predict_folder(study_dir: str | os.PathLike[str], images: str | os.PathLike[
     transform, rows = SegmentationTransform(augment=False), []
     for f in files:
         with Image.open(f) as im:
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = np.array(im.convert("RGB"))  # a writable copy
         x, _ = transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
         with torch.no_grad():
             pred = tm.network(x[None].to(device)).argmax(1)[0].cpu().numpy().astype(np.uint8)
