@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -12,6 +14,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
 torch.set_num_threads(1)
 
+ROOT = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = Path(
     os.environ.get("TCE_CAMVID_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid")
 )
@@ -69,3 +72,37 @@ def s3_env(s3_server, monkeypatch):
     for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
     return s3_server
+
+
+def _recorder():
+    from ray import tune
+
+    class Recorder(tune.Callback):
+        def __init__(self) -> None:
+            self.results: list[tuple[str, int]] = []
+            self.completed: list[str] = []
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            self.results.append((trial.trial_id, int(result.get("step", -1))))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            self.completed.append(trial.trial_id)
+
+    return Recorder()
+
+
+@pytest.fixture(scope="session")
+def smoke(ray_session, tmp_path_factory):
+    """studies/smoke.yaml run once per test session (~90 s; Ray tests only): its result, folder,
+    stdout and a Tune callback that recorded the reports (tests/test_observe_smoke.py,
+    tests/test_evaluate_smoke.py)."""
+    from tce_ray.study.runner import run_study
+
+    base = tmp_path_factory.mktemp("observe")
+    storage = base / "results"
+    recorder = _recorder()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = run_study(str(ROOT / "studies" / "smoke.yaml"), storage=storage, callbacks=[recorder])
+    (base / "stdout.txt").write_text(out.getvalue())  # to read after a failure
+    return {"result": result, "dir": storage / "smoke", "base": base, "stdout": out.getvalue(), "recorder": recorder}

@@ -29,37 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 
-def _recorder():
-    from ray import tune
-
-    class Recorder(tune.Callback):
-        def __init__(self) -> None:
-            self.results: list[tuple[str, int]] = []
-            self.completed: list[str] = []
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
-            self.results.append((trial.trial_id, int(result.get("step", -1))))
-
-        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-            self.completed.append(trial.trial_id)
-
-    return Recorder()
-
-
-@pytest.fixture(scope="module")
-def smoke(ray_session, tmp_path_factory):
-    from tce_ray.study.runner import run_study
-
-    base = tmp_path_factory.mktemp("observe")
-    storage = base / "results"
-    recorder = _recorder()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        result = run_study(str(ROOT / "studies" / "smoke.yaml"), storage=storage, callbacks=[recorder])
-    (base / "stdout.txt").write_text(out.getvalue())  # to read after a failure
-    return {"result": result, "dir": storage / "smoke", "base": base, "stdout": out.getvalue(), "recorder": recorder}
-
-
 def _journal_study(study_dir: Path):
     import optuna
     from optuna.storages import JournalStorage

@@ -25,8 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from torch import nn
 
-    from tce_ray.results.study_data import StudyData
-
+# ``study`` below is a :class:`tce_ray.results.study_data.StudyData` (not imported: it imports this module).
 __all__ = ["TrialModel", "select_trial", "best_trial", "load_trial_model"]
 
 
@@ -43,7 +42,7 @@ class TrialModel:
     step: int
 
 
-def _objective_values(study: StudyData, name: str) -> tuple[pd.Series, str]:
+def _objective_values(study: Any, name: str) -> tuple[pd.Series, str]:
     """The trials' values of objective ``name`` and its mode ("max"/"min"); KeyError when
     the name is neither the study's nor registered."""
     import pandas as pd
@@ -72,7 +71,7 @@ def _objective_values(study: StudyData, name: str) -> tuple[pd.Series, str]:
     return trials.apply(value, axis=1).astype(float), mode
 
 
-def best_trial(study: StudyData, objective: str) -> str:
+def best_trial(study: Any, objective: str) -> str:
     """The id of the trial best by ``objective`` (see the module doc)."""
     import pandas as pd
 
@@ -90,7 +89,7 @@ def best_trial(study: StudyData, objective: str) -> str:
     return str(trials.loc[pick.idxmax() if mode == "max" else pick.idxmin(), "trial_id"])
 
 
-def select_trial(study: StudyData, which: str) -> pd.Series:
+def select_trial(study: Any, which: str) -> pd.Series:
     """The trials-table row of ``which`` (a trial id, ``best`` or ``best:<objective>``);
     KeyError naming the trials for an unknown id."""
     if which == "best" or which.startswith("best:"):
@@ -119,7 +118,7 @@ def _read_state(checkpoint: str) -> dict[str, Any]:
         return load_training_state(scratch)
 
 
-def load_trial_model(study: StudyData, which: str, device: str = "cpu") -> TrialModel:
+def load_trial_model(study: Any, which: str, device: str = "cpu") -> TrialModel:
     """The network of trial ``which`` with its trained weights (eval mode, on ``device``)."""
     from tce_ray.models import deeplabv3plus
 
