@@ -51,7 +51,7 @@ def test_console_scripts_point_at_mains() -> None:
     import importlib
 
     scripts = PYPROJECT["project"]["scripts"]
-    assert set(scripts) == {"tce-study", "tce-report"}
+    assert set(scripts) == {"tce-study", "tce-report", "tce-evaluate"}
     for target in scripts.values():
         module, attr = target.split(":")
         assert callable(getattr(importlib.import_module(module), attr))
