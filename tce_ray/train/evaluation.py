@@ -28,6 +28,26 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
     return list(range(rank, n, world))
 
 
+LOADER_START_METHOD = "forkserver"
+"""How DataLoader processes start inside a Ray Train worker. Not ``fork``: a Ray worker runs
+gRPC, gloo and Ray's own threads, and a child forked while one of them holds a lock (the
+allocator's, gRPC's, a logging lock) waits for it forever; a loader forked that way hung a
+2-worker run (issue 23). ``forkserver`` starts its children from a clean, single-threaded
+server process (one start per worker; cost measured in benchmarks/RESULTS.md, section 23)."""
+
+
+def loader_process_options(num_workers: int) -> dict:
+    """The DataLoader arguments for ``num_workers`` loader processes: a safe start method
+    (:data:`LOADER_START_METHOD`, ``spawn`` where forkserver is missing) and persistent
+    workers (started once per attempt, not once per pass); nothing for ``num_workers == 0``."""
+    if num_workers <= 0:
+        return {}
+    import multiprocessing as mp
+
+    method = LOADER_START_METHOD if LOADER_START_METHOD in mp.get_all_start_methods() else "spawn"
+    return {"multiprocessing_context": mp.get_context(method), "persistent_workers": True}
+
+
 def make_val_loader(dataset: Dataset, rank: int, world: int, *, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A batch-size-1 loader over this worker's shard (images may differ in size)."""
     shard = Subset(dataset, shard_indices(len(dataset), rank, world))
@@ -37,7 +57,7 @@ def make_val_loader(dataset: Dataset, rank: int, world: int, *, num_workers: int
         shuffle=False,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        **loader_process_options(num_workers),
     )
 
 

@@ -82,7 +82,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tce_ray.train.checkpointing import CHECKPOINT_FORMAT, load_training_state, save_training_state
 from tce_ray.train.confusion_io import save_confusion
 from tce_ray.data import build_splits
-from tce_ray.train.evaluation import all_reduce_counters, all_reduce_sum, evaluate_confusion, evaluation_metrics, make_val_loader
+from tce_ray.train.evaluation import (
+    all_reduce_counters, all_reduce_sum, evaluate_confusion, evaluation_metrics, loader_process_options, make_val_loader,
+)
 from tce_ray.train.live_metrics import LiveMetrics
 from tce_ray.core.losses import class_ce
 from tce_ray.models import deeplabv3plus
@@ -638,6 +640,7 @@ def _train_loader(train_ds, batch_sampler: Any, loader_workers: int, device: tor
         worker_init_fn=_seed_loader_worker if loader_workers > 0 else None,
         prefetch_factor=PREFETCH_FACTOR if loader_workers > 0 else None,
         generator=torch.Generator().manual_seed(stream_seed),
+        **loader_process_options(loader_workers),
     )
 
 
