@@ -8,6 +8,8 @@ collective, and the shards may have different lengths).
 
 from __future__ import annotations
 
+import os
+
 from contextlib import nullcontext
 from typing import Mapping, Sequence
 
@@ -44,7 +46,9 @@ def loader_process_options(num_workers: int) -> dict:
         return {}
     import multiprocessing as mp
 
-    method = LOADER_START_METHOD if LOADER_START_METHOD in mp.get_all_start_methods() else "spawn"
+    # TCE_LOADER_START_METHOD: DEBUG ONLY (benchmarks/repro_loader_hang.py: "fork" brings back the hang)
+    method = os.environ.get("TCE_LOADER_START_METHOD") or LOADER_START_METHOD
+    method = method if method in mp.get_all_start_methods() else "spawn"
     return {"multiprocessing_context": mp.get_context(method), "persistent_workers": True}
 
 
