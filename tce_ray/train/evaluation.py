@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from contextlib import nullcontext
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -110,8 +110,10 @@ def evaluate_confusion(
     *,
     autocast_dtype: torch.dtype | None = None,
     ignore_index: int = 255,
+    on_batch: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """The confusion matrix [K,K] int64 of ``model`` on ``loader``, summed over workers."""
+    """The confusion matrix [K,K] int64 of ``model`` on ``loader``, summed over workers
+    (``on_batch``: called after each batch, e.g. the stall watchdog's beat)."""
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -127,6 +129,8 @@ def evaluate_confusion(
             with ctx:
                 logits = model(image)
             cm += confusion_matrix(logits.argmax(1), mask, num_classes, ignore_index=ignore_index)
+            if on_batch is not None:
+                on_batch()
     finally:
         model.train(was_training)
     return all_reduce_sum(cm)
