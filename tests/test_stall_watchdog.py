@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tce_ray.train.run_state import RunState
-from tce_ray.train.stall_watchdog import STALL_EXIT_CODE, StallWatchdog, read_stalls, stall_message
+from tce_ray.train.stall_watchdog import STALL_EXIT_CODE, STALLS, StallWatchdog, read_stalls, stall_message
 
 
 def test_watchdog_fires_once_with_stacks_and_a_record(tmp_path):
@@ -24,7 +24,8 @@ def test_watchdog_fires_once_with_stacks_and_a_record(tmp_path):
     stacks = (tmp_path / recs[0]["stacks"].split(str(tmp_path) + "/", 1)[1]).read_text()
     assert "tce-stall-watchdog" in stacks or "Thread" in stacks
     line = stall_message("r", recs)
-    assert "\n" not in line and "rank(s) 1" in line and "last step 3" in line and recs[0]["stacks"] in line
+    assert "\n" not in line and "rank 1 (last step 3, rank1-" in line
+    assert recs[0]["stacks"].endswith(".txt") and f"stacks of every thread in {tmp_path}/{STALLS}/" in line
 
 
 def test_beats_keep_it_quiet_and_the_limit_follows_the_median_step(tmp_path):
@@ -80,5 +81,8 @@ def test_a_blocked_worker_restarts_from_its_checkpoint_then_fails_with_one_line(
     with pytest.raises(RunStalledError) as info:
         run_training(_run(0), name="stall-fail", storage_path=str(tmp_path), debug=debug)
     line = str(info.value)
-    assert "\n" not in line and "run stall-fail stalled" in line and "rank(s) 1" in line
-    assert "last step 2" in line and "stalls/rank1-" in line
+    assert "\n" not in line and line.startswith("run stall-fail stalled: "), line
+    # rank 1 blocked after step 3, its last beat was step 2 (rank 0 made step 3, then waited for it in
+    # the gradient all-reduce, so it stalled too): the rank behind comes first, with its stack file
+    assert "on rank 1 (last step 2, rank1-" in line, line
+    assert f"stacks of every thread in {tmp_path}/stall-fail/tce_state/stalls/" in line, line

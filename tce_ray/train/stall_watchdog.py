@@ -72,15 +72,23 @@ def read_stalls(state: RunState) -> list[dict[str, Any]]:
 
 
 def stall_message(run_name: str, records: Sequence[dict[str, Any]]) -> str:
-    """The one line: which rank(s) stalled, at which step, for how long, where the stacks are."""
-    ranks = ", ".join(str(r["rank"]) for r in records)
-    steps = ", ".join(str(r["step"]) for r in records)
-    stacks = ", ".join(str(r["stacks"]) for r in records)
-    limit = max(float(r["limit_s"]) for r in records)
+    """The one line: which rank(s) stalled, at which step, for how long, where the stacks are.
+
+    The ranks come lowest step first: a rank behind the others is the likely cause (the
+    others wait for it in a collective)."""
+    recs = sorted(records, key=lambda r: (int(r["step"]), int(r["rank"])))
+    folders = {os.path.dirname(str(r["stacks"])) for r in recs}
+    shared = folders.pop() if len(folders) == 1 and all(str(r["stacks"]).endswith(".txt") for r in recs) else None
+    ranks = ", ".join(
+        f"rank {r['rank']} (last step {r['step']}, "
+        + (os.path.basename(str(r["stacks"])) if shared else f"stacks: {r['stacks']}") + ")"
+        for r in recs
+    )
+    limit = max(float(r["limit_s"]) for r in recs)
+    where = f"; stacks of every thread in {shared}/" if shared else ""
     return redact(
-        f"run {run_name} stalled: no training step or evaluation for {limit:.0f} s on worker rank(s) {ranks} "
-        f"(last step {steps}); stacks of every thread: {stacks}; raise train.stall_timeout if a step can "
-        "legitimately take that long, or see docs/hangs-and-timeouts.md"
+        f"run {run_name} stalled: no training step or evaluation for {limit:.0f} s on {ranks}{where}; "
+        "raise train.stall_timeout if a step can legitimately take that long, or see docs/hangs-and-timeouts.md"
     )
 
 
