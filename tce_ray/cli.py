@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tce_ray.core.redact import RedactingStream
 from tce_ray.study.config import ConfigError, load_config
 
 __all__ = [
@@ -121,11 +122,18 @@ def _positive_float(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on bad arguments
     _interruptible()
+    out, err = sys.stdout, sys.stderr
+    # every console line (ours, the loggers', Ray's driver output) with URI credentials redacted
+    sys.stdout, sys.stderr = RedactingStream(out), RedactingStream(err)
     try:
         return _run(args)
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = out, err
 
 
 def _interruptible() -> None:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tce_ray.core.redact import redact
 from tce_ray.results.tables import (
     CRITERIA,
     GUARD_COLUMN,
@@ -747,7 +748,7 @@ def build_report(study_dir: str | Path) -> str:
         if gfn(tables, groups, plots_dir / fname):
             made.append(f"plots/{fname}")
     text = render_markdown(tables, made, groups=groups)
-    _atomic_local(local / "report.md", text.encode("utf-8"))
+    _atomic_local(local / "report.md", redact(text).encode("utf-8"))
     publish()
     return str(study_dir).rstrip("/") + "/report.md"
 

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from tce_ray.core.front_guard import FrontGuard, guard_bound
+from tce_ray.core.redact import redact, redact_obj
 
 __all__ = [
     "non_dominated_ranks",
@@ -759,12 +760,23 @@ def write_tables(study_dir: str | os.PathLike[str], tables: StudyTables) -> dict
     paths = {}
     for name, df in (("trials", tables.trials), ("history", tables.history), ("pareto", tables.pareto)):
         p = f"{base}/{name}.parquet"
-        _write_parquet(df, fs, p)
+        _write_parquet(_redacted(df), fs, p)
         paths[name] = p
     p = f"{base}/study.json"
-    atomic_write(fs, p, json.dumps(tables.meta, indent=2, default=str).encode())
+    atomic_write(fs, p, redact(json.dumps(redact_obj(tables.meta), indent=2, default=str)).encode())
     paths["meta"] = p
     return paths
+
+
+def _redacted(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the credentials of any URI in its text columns (trial errors, paths) redacted."""
+    text = [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c].dtype)]
+    if not text:
+        return df
+    out = df.copy()
+    for c in text:
+        out[c] = [redact(v) if isinstance(v, str) else v for v in out[c]]
+    return out
 
 
 def atomic_write(fs: Any, path: str, data: bytes) -> None:

@@ -114,6 +114,34 @@ def _searched(cfg: StudyConfig) -> list[str]:
     return out
 
 
+PLAN_HEAD, PLAN_TAIL = 10, 3
+"""A plan with more explicit trials than ``PLAN_HEAD + PLAN_TAIL`` prints the first
+``PLAN_HEAD`` and the last ``PLAN_TAIL`` of them and a count of the rest."""
+
+
+def _short_list(values: list[Any], head: int = 5, tail: int = 2) -> str:
+    """``[0, 1, 2]``; a long list as ``[0, 1, 2, 3, 4, ... (9993 more) ..., 9998, 9999]``."""
+    if len(values) <= head + tail:
+        return str(list(values))
+    inner = ", ".join(str(v) for v in values[:head])
+    end = ", ".join(str(v) for v in values[-tail:])
+    return f"[{inner}, ... ({len(values) - head - tail} more) ..., {end}]"
+
+
+def _trial_lines(explicit: list[tuple[str, int | None]]) -> list[str]:
+    """One line per explicit trial, or the first and last few and a count of those left out."""
+    def line(i: int) -> str:
+        label, seed = explicit[i]
+        return f"    {i + 1:3d}. {label}" + (f"  seed={seed}" if seed is not None else "")
+
+    n = len(explicit)
+    if n <= PLAN_HEAD + PLAN_TAIL:
+        return [line(i) for i in range(n)]
+    skipped = n - PLAN_HEAD - PLAN_TAIL
+    return ([line(i) for i in range(PLAN_HEAD)] + [f"    ... {skipped} more trials ..."]
+            + [line(i) for i in range(n - PLAN_TAIL, n)])
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -135,10 +163,9 @@ def format_plan(cfg: StudyConfig, *, step_seconds: float | None = None, cpus: in
     seeds = cfg.search.seeds
     n_conf = len(cfg.search.configurations)
     if n_conf:
-        seed_text = f"{len(seeds)} seeds {list(seeds)}" if seeds else f"train.seed {t.seed}"
-        lines.append(f"  explicit: {n_conf} configurations x {seed_text} = {len(plan.explicit)} trials, first:")
-        for i, (label, seed) in enumerate(plan.explicit, 1):
-            lines.append(f"    {i:3d}. {label}" + (f"  seed={seed}" if seed is not None else ""))
+        seed_text = f"{len(seeds)} seeds {_short_list(seeds)}" if seeds else f"train.seed {t.seed}"
+        lines.append(f"  explicit: {n_conf} configurations x {seed_text} = {len(plan.explicit)} trials, in order:")
+        lines += _trial_lines(plan.explicit)
     if plan.sampled:
         space = "; ".join(_searched(cfg)) or f"the base loss {cfg.run.loss.name} (nothing searched)"
         lines.append(f"  sampled: {plan.sampled} trials by {sampler} (seed {cfg.search.seed}) over {space}")

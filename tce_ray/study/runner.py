@@ -68,6 +68,7 @@ from tce_ray.study.errors import ConfigError, StudyError
 from tce_ray.study.config import StudyConfig, is_uri, load_config, parse_config
 from tce_ray.core.objectives import Objective, resolve_objectives
 from tce_ray.train.runspec import RunSpec
+from tce_ray.train.uri_credentials import move_uri_credentials
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -179,6 +180,7 @@ def run_study(
     """
     cfg = _coerce_config(config)
     storage = os.fspath(storage) if storage is not None else cfg.storage
+    storage = move_uri_credentials(storage)  # s3://KEY:SECRET@...: to the environment, never into Ray's files
     cfg = cfg.model_copy(update={"storage": storage if is_uri(storage) else os.path.abspath(os.path.expanduser(storage))})
     objs = resolve_objectives(list(objectives) if objectives is not None else cfg.run.objectives)
     if cfg.scheduler and cfg.scheduler.asha and cfg.scheduler.asha.metric not in _modes(objs):

@@ -8,8 +8,10 @@ collective, and the shards may have different lengths).
 
 from __future__ import annotations
 
+import os
+
 from contextlib import nullcontext
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +30,28 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
     return list(range(rank, n, world))
 
 
+LOADER_START_METHOD = "forkserver"
+"""How DataLoader processes start inside a Ray Train worker. Not ``fork``: a Ray worker runs
+gRPC, gloo and Ray's own threads, and a child forked while one of them holds a lock (the
+allocator's, gRPC's, a logging lock) waits for it forever; a loader forked that way hung a
+2-worker run (issue 23). ``forkserver`` starts its children from a clean, single-threaded
+server process (one start per worker; cost measured in benchmarks/RESULTS.md, section 23)."""
+
+
+def loader_process_options(num_workers: int) -> dict:
+    """The DataLoader arguments for ``num_workers`` loader processes: a safe start method
+    (:data:`LOADER_START_METHOD`, ``spawn`` where forkserver is missing) and persistent
+    workers (started once per attempt, not once per pass); nothing for ``num_workers == 0``."""
+    if num_workers <= 0:
+        return {}
+    import multiprocessing as mp
+
+    # TCE_LOADER_START_METHOD: DEBUG ONLY (benchmarks/repro_loader_hang.py: "fork" brings back the hang)
+    method = os.environ.get("TCE_LOADER_START_METHOD") or LOADER_START_METHOD
+    method = method if method in mp.get_all_start_methods() else "spawn"
+    return {"multiprocessing_context": mp.get_context(method), "persistent_workers": True}
+
+
 def make_val_loader(dataset: Dataset, rank: int, world: int, *, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A batch-size-1 loader over this worker's shard (images may differ in size)."""
     shard = Subset(dataset, shard_indices(len(dataset), rank, world))
@@ -37,7 +61,7 @@ def make_val_loader(dataset: Dataset, rank: int, world: int, *, num_workers: int
         shuffle=False,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        **loader_process_options(num_workers),
     )
 
 
@@ -86,8 +110,10 @@ def evaluate_confusion(
     *,
     autocast_dtype: torch.dtype | None = None,
     ignore_index: int = 255,
+    on_batch: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """The confusion matrix [K,K] int64 of ``model`` on ``loader``, summed over workers."""
+    """The confusion matrix [K,K] int64 of ``model`` on ``loader``, summed over workers
+    (``on_batch``: called after each batch, e.g. the stall watchdog's beat)."""
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -103,6 +129,8 @@ def evaluate_confusion(
             with ctx:
                 logits = model(image)
             cm += confusion_matrix(logits.argmax(1), mask, num_classes, ignore_index=ignore_index)
+            if on_batch is not None:
+                on_batch()
     finally:
         model.train(was_training)
     return all_reduce_sum(cm)

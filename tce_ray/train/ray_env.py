@@ -17,6 +17,7 @@ from typing import Any
 
 from tce_ray.core.registry import plugin_snapshot, snapshot_modules
 from tce_ray.train.runspec import TrainSpec
+from tce_ray.train.uri_credentials import moved_environment
 
 __all__ = [
     "ensure_ray", "max_concurrent", "cluster_problem", "pickle_by_value", "shipped_plugins",
@@ -102,7 +103,7 @@ def ensure_ray(
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    env = {"RAY_USAGE_STATS_ENABLED": "0", **moved_environment()}  # a storage URI's credentials (not on disk)
     if dashboard:
         os.environ["RAY_TRAIN_ENABLE_STATE_TRACKING"] = "1"
     if os.environ.get("RAY_TRAIN_ENABLE_STATE_TRACKING"):

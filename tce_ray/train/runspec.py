@@ -271,6 +271,11 @@ class TrainSpec(_Strict):
     seed: int = 0
     max_failures: int = Field(1, ge=0)
     """Worker-group restarts from the last checkpoint before the run fails."""
+    stall_timeout: float | None = Field(600.0, ge=0.0)
+    """Seconds without a training step, an evaluated batch or a report on a worker before
+    that worker's attempt fails (its stacks are dumped, then Ray Train restarts it from the
+    last checkpoint, ``max_failures``); the limit used is at least 20 x the attempt's
+    median step. 0 or null: no watchdog (``tce_ray.train.stall_watchdog``)."""
     weight_sync_every: int = Field(4, ge=1)
     """Stochastic TCE: steps between a worker's exchanges with the weight actor (reports sent,
     weights refreshed). 4 keeps the step overhead within 3% of MCCE on a 2-core CPU

@@ -31,6 +31,7 @@ from tce_ray.train.ray_env import shipped_plugins
 from tce_ray.core.registry import install_snapshot
 from tce_ray.train.run_state import RunState, cached_class_index, storage_join
 from tce_ray.train.runspec import RunSpec
+from tce_ray.train.stall_watchdog import STALLS, RunStalledError, read_stalls, stall_message
 from tce_ray.train.weights_actor import actor_name, create_weight_actor
 from tce_ray.train.worker_loop import (  # noqa: F401 - read_worker_pid: for the fault-injection tests
     FATAL_MARKER,
@@ -90,7 +91,11 @@ def trainer_config(
     check_debug_options(debug)
     storage_path = _normalise_storage(storage_path)
     state_dir = run_state_dir(storage_path, name)
-    RunState(state_dir).delete(FATAL_MARKER)
+    files = RunState(state_dir)
+    files.delete(FATAL_MARKER)
+    for key in files.list(STALLS):  # an earlier run's stall records (its stack dumps stay)
+        if key.endswith(".json"):
+            files.delete(key)
     return {
         "run": run.model_dump(mode="json"),
         "run_name": name,
@@ -192,16 +197,37 @@ def run_training(
 
     Returns the ``Result`` (``result.metrics``: the last report); a failed run raises
     ``ray.train.TrainingFailedError`` (a non-finite loss: its message says
-    "non-finite loss ... at step N"). The weight actor is killed at the end.
+    "non-finite loss ... at step N"; a worker ended by the stall watchdog with no restart
+    left: :class:`~tce_ray.train.stall_watchdog.RunStalledError` with one line instead).
+    The weight actor is killed at the end.
     """
     actor = start_weight_actor(run, name=name, storage_path=storage_path) if needs_weight_actor(run) else None
     try:
         trainer = build_trainer(run, name=name, storage_path=storage_path, callbacks=callbacks, debug=debug)
-        return trainer.fit()
+        try:
+            result = trainer.fit()
+        except Exception as e:
+            _raise_if_stalled(storage_path, name, e)
+            raise
+        if getattr(result, "error", None) is not None:
+            _raise_if_stalled(storage_path, name, result.error)
+        return result
     finally:
         if actor is not None:
             _final_snapshot(actor, name)
             ray.kill(actor, no_restart=True)
+
+
+def _raise_if_stalled(storage_path: str, name: str, error: BaseException) -> None:
+    """A run that failed because its stall watchdog ended a worker (in the last attempt):
+    :class:`RunStalledError` with the one line instead of Ray's "worker died" error."""
+    state = RunState(run_state_dir(_normalise_storage(storage_path), name))
+    try:
+        records = read_stalls(state)
+    except Exception:  # noqa: BLE001 - Ray's own error stands
+        return
+    if records:
+        raise RunStalledError(stall_message(name, records)) from error
 
 
 def _final_snapshot(actor: "ray.actor.ActorHandle", name: str, timeout_s: float = 30.0) -> None:

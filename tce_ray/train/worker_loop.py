@@ -82,12 +82,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tce_ray.train.checkpointing import CHECKPOINT_FORMAT, load_training_state, save_training_state
 from tce_ray.train.confusion_io import save_confusion
 from tce_ray.data import build_splits
-from tce_ray.train.evaluation import all_reduce_counters, all_reduce_sum, evaluate_confusion, evaluation_metrics, make_val_loader
+from tce_ray.train.evaluation import (
+    all_reduce_counters, all_reduce_sum, evaluate_confusion, evaluation_metrics, loader_process_options, make_val_loader,
+)
 from tce_ray.train.live_metrics import LiveMetrics
 from tce_ray.core.losses import class_ce
 from tce_ray.models import deeplabv3plus
 from tce_ray.train.run_state import RunState, cached_class_index
 from tce_ray.train.runspec import RunSpec
+from tce_ray.train.stall_watchdog import StallWatchdog, stall_key
 from tce_ray.data.sampling import ClassIndex, StaticClassWeights, TiltedBatchSampler, rare_class_probabilities
 from tce_ray.core.tilt import TiltState
 from tce_ray.train.weights_actor import WeightClient, call_with_retry, find_weight_actor, state_hash
@@ -153,7 +156,7 @@ class StepHooks:
 
 
 NO_HOOKS = StepHooks()
-DEBUG_OPTIONS = ("nan_at_step", "step_sleep_s", "stall_at_step")
+DEBUG_OPTIONS = ("nan_at_step", "step_sleep_s", "stall_at_step", "stall_rank")
 
 
 def check_debug_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -170,11 +173,13 @@ class FaultInjection(StepHooks):
     """TEST-ONLY faults: ``nan_at_step`` makes the loss of that step (1-based) NaN;
     ``step_sleep_s`` sleeps after every step; ``stall_at_step`` makes an attempt that did
     not restore a checkpoint (``stall``) sleep up to 10 minutes after that step, so that a
-    fault-injection test can kill a worker at a known point."""
+    fault-injection test can kill a worker at a known point (or the stall watchdog end it);
+    ``stall_rank``: only that rank stalls (default: every rank)."""
 
     nan_at_step: int | None = None
     step_sleep_s: float = 0.0
     stall_at_step: int | None = None
+    stall_rank: int | None = None
     stall: bool = True
     rank: int = 0
 
@@ -184,7 +189,7 @@ class FaultInjection(StepHooks):
     def after_step(self, step: int) -> None:
         if self.step_sleep_s:
             time.sleep(self.step_sleep_s)
-        if self.stall and self.stall_at_step == step:
+        if self.stall and self.stall_at_step == step and self.stall_rank in (None, self.rank):
             logger.warning("debug: rank %d stalls after step %d (waiting to be killed)", self.rank, step)
             time.sleep(600)
 
@@ -490,6 +495,7 @@ class Worker:
     live: LiveMetrics
     tilt: TiltFeedback | None  # stochastic TCE only
     hooks: StepHooks
+    watchdog: StallWatchdog
     draws: ClassDraws | None = None  # batches drawn by class (stochastic TCE, rare-class sampling)
     confusion: torch.Tensor | None = None  # the latest evaluation's confusion matrix (saved with the checkpoint)
 
@@ -541,12 +547,14 @@ def setup_worker(config: dict[str, Any]) -> Worker:
         start_step=start_step, restored=state is not None, steps_per_epoch=steps_per_epoch,
         loader=loader, val_loader=val_loader, live=live, tilt=tilt,
         hooks=make_hooks(config.get("debug"), restored=state is not None, rank=rank), draws=draws,
+        watchdog=StallWatchdog(state_dir, rank, tr.stall_timeout, run_name=config["run_name"]),
     )  # fmt: skip
 
 
 def _start_attempt(files: RunState, rank: int, cpus: float) -> None:
     """Refuse to train after a non-finite loss; leave this worker's pid; use ``cpus`` threads."""
     _raise_if_marked_fatal(files)
+    files.delete(stall_key(rank))  # a stall of an earlier attempt is not this one's
     files.write_json(
         worker_pid_key(rank),
         {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "time": time.time()},
@@ -638,6 +646,7 @@ def _train_loader(train_ds, batch_sampler: Any, loader_workers: int, device: tor
         worker_init_fn=_seed_loader_worker if loader_workers > 0 else None,
         prefetch_factor=PREFETCH_FACTOR if loader_workers > 0 else None,
         generator=torch.Generator().manual_seed(stream_seed),
+        **loader_process_options(loader_workers),
     )
 
 
@@ -648,6 +657,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     tr = w.run.train
     step = w.start_step
     clock = StepClock()
+    w.watchdog.start()
     if step >= tr.steps:  # restored from the checkpoint of the last step
         report_restored_end(w, clock)
     batches = iter(w.loader) if step < tr.steps else iter(())
@@ -658,9 +668,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         step += 1
         w.hooks.after_step(step)
         dt = clock.tick(loss_value)
+        w.watchdog.beat(step, dt if step > w.start_step + 1 else None)  # the first step waits for the loader
         w.live.set_step(step, dt, tr.batch_size / dt)
         if step % tr.eval_every == 0 or step == tr.steps:
             evaluate_and_report(w, step, lr, clock)
+    w.watchdog.stop()
     return {
         "step": step,
         "rank": w.rank,
@@ -717,6 +729,7 @@ def evaluate_and_report(w: Worker, step: int, lr: float, clock: StepClock) -> No
     w.live.set_iou(np.array([metrics[f"iou/{c}"] for c in w.class_names]))
     weight_state = w.tilt.add_metrics(metrics, step) if w.tilt is not None else None
     report(w, step, metrics, weight_state)
+    w.watchdog.beat()
     clock.new_window()
 
 
@@ -726,7 +739,8 @@ def evaluate(w: Worker, step: int, lr: float, clock: StepClock) -> dict[str, Any
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         for b in w.net.buffers():
             dist.broadcast(b, src=0)
-    cm = evaluate_confusion(w.net, w.val_loader, len(w.class_names), w.device, autocast_dtype=w.amp.dtype)
+    cm = evaluate_confusion(w.net, w.val_loader, len(w.class_names), w.device, autocast_dtype=w.amp.dtype,
+                            on_batch=w.watchdog.beat)
     w.confusion = cm
     losses = clock.window_losses
     loss_sum = torch.tensor([sum(losses), float(len(losses))], dtype=torch.float64, device=w.device)
