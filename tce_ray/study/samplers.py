@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 
-__all__ = ["LockFreePickling", "NSGAIISampler", "TPESampler", "RandomSampler", "picklable"]
+__all__ = ["LockFreePickling", "NSGAIISampler", "TPESampler", "RandomSampler", "GPSampler", "picklable"]
 
 _LOCK_TYPES: dict[type, Any] = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
 _LOCK_MARK = "__tce_ray_lock__"
@@ -68,6 +68,10 @@ class TPESampler(LockFreePickling, optuna.samplers.TPESampler):
 
 class RandomSampler(LockFreePickling, optuna.samplers.RandomSampler):
     """``optuna.samplers.RandomSampler`` that Tune can pickle (see the module docstring)."""
+
+
+class GPSampler(LockFreePickling, optuna.samplers.GPSampler):
+    """``optuna.samplers.GPSampler`` that Tune can pickle (see the module docstring)."""
 
 
 def picklable(sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
