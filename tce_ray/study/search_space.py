@@ -17,6 +17,14 @@ only where it acts, ``SearchParam.applies``):
 
 Parameters are asked in the registry's order (the sampled values depend on it).
 
+Flat space (``flat``, on for the samplers in :data:`FLAT_SAMPLERS`: GP and NSGA-II, which
+model only the parameters every trial has): after the loss's own parameters a trial also
+asks every other searched parameter (in the same order); its value is recorded in Optuna
+and ignored by the run (it is not in the trial's config). An explicit configuration asks
+them too, except when it lies outside the space (a loss not in ``search.losses``, a value
+outside a range): that trial lacks a parameter and the sampler leaves it out of its model
+(:mod:`tce_ray.study.full_trials`).
+
 A searched setting given as a plain value is fixed (returned as a constant, not sampled);
 a setting absent from ``search`` keeps the base run's value.
 
@@ -56,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "SearchSpace", "CONFIGURATION_ATTR", "SEED_ATTR", "relevant_settings", "loss_settings_from_config",
     "seed_from_config", "run_overrides", "trial_run", "build_sampler", "sampler_kind", "startup_trials",
-    "SAMPLER_KINDS", "AUTO_MULTI_OBJECTIVE",
+    "SAMPLER_KINDS", "AUTO_MULTI_OBJECTIVE", "FLAT_SAMPLERS",
 ]
 
 CONFIGURATION_ATTR = "tce_configuration"
@@ -104,9 +112,10 @@ class SearchSpace:
     parameters come from the registry when it is called.
     """
 
-    def __init__(self, search: SearchSpec, base_run: RunSpec):
+    def __init__(self, search: SearchSpec, base_run: RunSpec, *, flat: bool | None = None):
         self.search = search
         self.base_run = base_run
+        self.flat = (search.sampler in FLAT_SAMPLERS) if flat is None else bool(flat)
 
     @property
     def base_seed(self) -> int:
@@ -141,7 +150,23 @@ class SearchSpace:
             name = path.replace(".", "/")
             if name not in out:
                 out[name] = value
+        if getattr(self, "flat", False):  # getattr: a space pickled before issue 22 has no flag
+            self._ask_the_rest(trial, explicit)
         return out
+
+    def _ask_the_rest(self, trial: optuna.Trial, explicit: dict[str, Any] | None) -> None:
+        """Flat space: ask every searched parameter the trial has not asked (Optuna returns
+        the value already asked for one it has); the run ignores them."""
+        losses = self.search.losses
+        if losses is not None and len(losses) > 1 and "loss/name" not in trial.params:
+            return  # an explicit configuration outside the space: the model leaves it out
+        for p in search_params():
+            spec = self.search.param(p.key)
+            if spec is None or not _searched(spec):
+                continue
+            if explicit is not None and p.path in explicit and not _contains(spec, explicit[p.path]):
+                continue  # a given value outside the space: the trial leaves the model
+            _suggest(trial, p, spec)
 
     def _given(self, p: SearchParam, explicit: dict[str, Any] | None) -> bool:
         """Whether the study searches or fixes ``p``, or the trial's configuration gives it. A
@@ -305,6 +330,9 @@ def trial_run(base_run: RunSpec, trial_config: Mapping[str, Any]) -> RunSpec:
 SAMPLER_KINDS = ("auto", "nsga2", "tpe", "tpe_scaled", "gp", "random")
 """The values of ``search.sampler``. ``auto`` (the default) is :data:`AUTO_MULTI_OBJECTIVE` for
 several objectives and ``tpe`` for one."""
+FLAT_SAMPLERS = ("gp", "nsga2")
+"""The samplers that get the flat space (``SearchSpace.flat``): they model the intersection
+search space, which the conditional space empties."""
 AUTO_MULTI_OBJECTIVE = "tpe_scaled"
 """What ``search.sampler: auto`` runs for a multi-objective study: the winner of
 ``python -m benchmarks.bench_search`` (benchmarks/RESULTS.md, issue 22; docs/search.md)."""
