@@ -22,7 +22,7 @@ session). Reference point of the hypervolume: worst IoU 0, IoU std 0.5 (the larg
 values in [0, 1] can have), so the hypervolume is the area, in that box, dominated by the
 front; a front whose worst IoU is 0 everywhere scores 0.
 
-    python -m benchmarks.bench_search [--quick] [--trials 12] [--search-seeds 0 1 2]
+    python -m benchmarks.bench_search --real [--quick] [--trials 12] [--search-seeds 0 1 2]
         [--steps 60] [--concurrent 2] [--work-dir DIR]
 
 Prints the table (hypervolume mean and std over the search seeds per sampler, at several
@@ -230,6 +230,19 @@ def summarise(curves: dict[str, list[list[float]]], marks: Sequence[int]) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The surrogate sampler comparison (``benchmarks.bench_search_surrogate``, issue 22);
+    ``--real`` runs the real-trial benchmark below (issue 10, RESULTS.md 3.3)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--real" not in argv:
+        from benchmarks.bench_search_surrogate import main as surrogate_main
+
+        return surrogate_main(argv)
+    return main_real([a for a in argv if a != "--real"])
+
+
+def main_real(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 trials, 1 search seed, 20 steps, 1 reference seed")
     parser.add_argument("--trials", type=int, default=12, help="trial budget per study")

@@ -12,6 +12,8 @@ from tce_ray.study.search_space import (
     CONFIGURATION_ATTR,
     SEED_ATTR,
     SearchSpace,
+    sampler_kind,
+    startup_trials,
     build_sampler,
     loss_settings_from_config,
     seed_from_config,
@@ -165,7 +167,14 @@ def test_explicit_negative_t_maps_to_sign_params():
 
 def test_build_sampler_defaults():
     two = _cfg({"num_samples": 4})
-    assert isinstance(build_sampler(two.search, 2), optuna.samplers.NSGAIISampler)
+    auto = build_sampler(two.search, 2)  # auto, several objectives: scaled multivariate TPE
+    assert isinstance(auto, optuna.samplers.TPESampler)
+    assert auto._n_startup_trials == startup_trials(two.search.total_trials())
+    assert auto._multivariate and auto._group
+    nsga = _cfg({"num_samples": 4, "sampler": "nsga2"})
+    assert isinstance(build_sampler(nsga.search, 2), optuna.samplers.NSGAIISampler)
+    gp = _cfg({"num_samples": 4, "sampler": "gp"})
+    assert isinstance(build_sampler(gp.search, 2), optuna.samplers.GPSampler)
     assert isinstance(build_sampler(two.search, 1), optuna.samplers.TPESampler)
     rnd = _cfg({"num_samples": 4, "sampler": "random"})
     assert isinstance(build_sampler(rnd.search, 2), optuna.samplers.RandomSampler)
@@ -237,3 +246,20 @@ def test_without_seeds_every_explicit_trial_uses_the_base_seed():
     assert len(study.trials) == 2
     outs = [_ask(space, study)[1] for _ in range(3)]
     assert [(o["study/configuration"], o["study/seed"]) for o in outs] == [(0, 11), (1, 11), (-1, 11)]
+
+
+def test_startup_trials_scale_with_the_budget():
+    # max(3, total // 5), by hand
+    assert [startup_trials(n) for n in (1, 12, 14, 15, 20, 30, 100)] == [3, 3, 3, 3, 4, 6, 20]
+
+
+def test_sampler_kind_resolves_auto():
+    assert sampler_kind(_cfg({"num_samples": 1}).search, 2) == "tpe_scaled"
+    assert sampler_kind(_cfg({"num_samples": 1}).search, 1) == "tpe"
+    assert sampler_kind(_cfg({"num_samples": 1, "sampler": "auto"}).search, 2) == "tpe_scaled"
+    assert sampler_kind(_cfg({"num_samples": 1, "sampler": "gp"}).search, 2) == "gp"
+
+
+def test_an_unknown_sampler_is_refused():
+    with pytest.raises(Exception, match="sampler"):
+        _cfg({"num_samples": 1, "sampler": "cmaes"})

@@ -22,7 +22,7 @@ from tce_ray.core.objectives import resolve_objectives
 from tce_ray.study.optuna_store import make_searcher
 from tce_ray.study.search_space import build_sampler
 
-SAMPLER_KINDS = ["nsga2", "tpe", "random"]
+SAMPLER_KINDS = ["nsga2", "tpe", "tpe_scaled", "gp", "random", "auto"]
 
 
 def _cfg(tmp_path, sampler: str | None, storage: str | None = None, **extra):

@@ -14,8 +14,8 @@ sections sit beside it::
     train: {steps: 40, batch_size: 4, num_workers: 2}
     objectives: [worst_iou, iou_std]  # registry names or "package.module:function"
     search:
-      sampler: nsga2                  # nsga2 | tpe | random (default: nsga2 for several
-                                      # objectives, tpe for one)
+      sampler: auto                   # auto | tpe_scaled | gp | nsga2 | tpe | random (auto:
+                                      # tpe_scaled for several objectives, tpe for one)
       num_samples: 4                  # sampled trials, run AFTER the configurations
       seed: 0
       losses: [tce_image, tce_stochastic]   # categorical; absent: the base loss
@@ -236,7 +236,7 @@ def _param_annotation(p: SearchParam) -> Any:
 class _SearchFields(_Strict):
     """The fixed keys of ``search`` (the searched ones come from the registry)."""
 
-    sampler: Literal["nsga2", "tpe", "random"] | None = None
+    sampler: Literal["auto", "nsga2", "tpe", "tpe_scaled", "gp", "random"] | None = None
     num_samples: int = Field(0, ge=0)
     seed: int = 0
     population_size: int | None = Field(None, ge=2)
@@ -277,7 +277,8 @@ class _SearchFields(_Strict):
 class SearchSpec(RegistryShaped):
     """What Optuna samples (define-by-run, conditional on the loss; see search_space.py).
 
-    Fixed keys: ``sampler`` (nsga2 | tpe | random), ``num_samples`` (sampled trials, run
+    Fixed keys: ``sampler`` (auto | tpe_scaled | gp | nsga2 | tpe | random; see
+    ``search_space.build_sampler``), ``num_samples`` (sampled trials, run
     after the explicit ``configurations``), ``seed`` (the sampler's), ``population_size``
     (NSGA-II's; default min(50, max(2, total trials // 2))), ``losses`` (categorical;
     absent: the base loss), ``configurations``, ``seeds`` (run every explicit

@@ -155,7 +155,9 @@ def format_plan(cfg: StudyConfig, *, step_seconds: float | None = None, cpus: in
     plan = make_plan(cfg, step_seconds=step_seconds, cpus=cpus)
     t = cfg.run.train
     objectives = ", ".join(cfg.run.objectives)
-    sampler = cfg.search.sampler or ("nsga2" if len(cfg.run.objectives) > 1 else "tpe")
+    from tce_ray.study.search_space import sampler_kind
+
+    sampler = sampler_kind(cfg.search, len(cfg.run.objectives))
     lines = [
         f"study {cfg.name}: {plan.total} trials -> {cfg.experiment_path()}",
         f"  objectives: {objectives}",

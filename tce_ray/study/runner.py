@@ -464,6 +464,7 @@ def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> S
     """Tables, Parquet files and the report of a finished (or interrupted) study."""
     from tce_ray.results.report import build_report
     from tce_ray.results.tables import StudyTables, collect_trials, group_table, pareto_front, records_from_result_grid, write_tables
+    from tce_ray.study.search_space import sampler_kind
 
     records = _complete_records(records_from_result_grid(grid), cfg.experiment_path())
     stopped = "stopped" if (cfg.scheduler and cfg.scheduler.asha) else "interrupted"
@@ -476,7 +477,7 @@ def write_study_results(grid: Any, cfg: StudyConfig, modes: dict[str, str]) -> S
         "name": cfg.name,
         "objectives": [{"name": n, "mode": m} for n, m in modes.items()],
         "class_names": class_names,
-        "sampler": cfg.search.sampler or ("nsga2" if len(modes) > 1 else "tpe"),
+        "sampler": sampler_kind(cfg.search, len(modes)),
         "scheduler": "asha" if (cfg.scheduler and cfg.scheduler.asha) else None,
         "total_steps": cfg.run.train.steps,
         "seeds": list(cfg.search.seeds) if cfg.search.seeds else None,

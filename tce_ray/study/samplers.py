@@ -10,8 +10,10 @@ gave the genetic samplers (``NSGAIISampler``, ``NSGAIIISampler``) a ``threading.
 :class:`LockFreePickling` drops every ``threading.Lock``/``RLock`` held in the sampler's
 attributes when it is pickled and makes a fresh one when it is unpickled (a lock guards
 only in-process threads, so nothing is lost). The samplers here are Optuna's, with that
-behaviour added and nothing else changed (the genetic samplers keep Optuna's own
-system-attribute keys, so a study started with the plain class resumes with these).
+behaviour added; GP and NSGA-II also learn only from the trials that carry every
+parameter (:mod:`tce_ray.study.full_trials`: the study gives them a flat space). The
+genetic samplers keep Optuna's own system-attribute keys, so a study started with the
+plain class resumes with these.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import Any
 
 import optuna
 
-__all__ = ["LockFreePickling", "NSGAIISampler", "TPESampler", "RandomSampler", "picklable"]
+from tce_ray.study.full_trials import FullParentsOnly, FullTrialsOnly
+
+__all__ = ["LockFreePickling", "NSGAIISampler", "TPESampler", "RandomSampler", "GPSampler", "picklable"]
 
 _LOCK_TYPES: dict[type, Any] = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
 _LOCK_MARK = "__tce_ray_lock__"
@@ -55,8 +59,9 @@ def _keep_optuna_keys(cls: type, base: type) -> type:
     return cls
 
 
-class NSGAIISampler(LockFreePickling, optuna.samplers.NSGAIISampler):
-    """``optuna.samplers.NSGAIISampler`` that Tune can pickle (see the module docstring)."""
+class NSGAIISampler(FullParentsOnly, LockFreePickling, optuna.samplers.NSGAIISampler):
+    """``optuna.samplers.NSGAIISampler`` that Tune can pickle (see the module docstring) and
+    that breeds from the trials carrying every parameter (``full_trials.FullParentsOnly``)."""
 
 
 _keep_optuna_keys(NSGAIISampler, optuna.samplers.NSGAIISampler)
@@ -68,6 +73,11 @@ class TPESampler(LockFreePickling, optuna.samplers.TPESampler):
 
 class RandomSampler(LockFreePickling, optuna.samplers.RandomSampler):
     """``optuna.samplers.RandomSampler`` that Tune can pickle (see the module docstring)."""
+
+
+class GPSampler(FullTrialsOnly, LockFreePickling, optuna.samplers.GPSampler):
+    """``optuna.samplers.GPSampler`` that Tune can pickle (see the module docstring) and that
+    models the trials carrying every parameter (``full_trials.FullTrialsOnly``)."""
 
 
 def picklable(sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:

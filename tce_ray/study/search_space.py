@@ -17,6 +17,14 @@ only where it acts, ``SearchParam.applies``):
 
 Parameters are asked in the registry's order (the sampled values depend on it).
 
+Flat space (``flat``, on for the samplers in :data:`FLAT_SAMPLERS`: GP and NSGA-II, which
+model only the parameters every trial has): after the loss's own parameters a trial also
+asks every other searched parameter (in the same order); its value is recorded in Optuna
+and ignored by the run (it is not in the trial's config). An explicit configuration asks
+them too, except when it lies outside the space (a loss not in ``search.losses``, a value
+outside a range): that trial lacks a parameter and the sampler leaves it out of its model
+(:mod:`tce_ray.study.full_trials`).
+
 A searched setting given as a plain value is fixed (returned as a constant, not sampled);
 a setting absent from ``search`` keeps the base run's value.
 
@@ -55,7 +63,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "SearchSpace", "CONFIGURATION_ATTR", "SEED_ATTR", "relevant_settings", "loss_settings_from_config",
-    "seed_from_config", "run_overrides", "trial_run", "build_sampler",
+    "seed_from_config", "run_overrides", "trial_run", "build_sampler", "sampler_kind", "startup_trials",
+    "SAMPLER_KINDS", "AUTO_MULTI_OBJECTIVE", "FLAT_SAMPLERS",
 ]
 
 CONFIGURATION_ATTR = "tce_configuration"
@@ -103,9 +112,10 @@ class SearchSpace:
     parameters come from the registry when it is called.
     """
 
-    def __init__(self, search: SearchSpec, base_run: RunSpec):
+    def __init__(self, search: SearchSpec, base_run: RunSpec, *, flat: bool | None = None):
         self.search = search
         self.base_run = base_run
+        self.flat = (search.sampler in FLAT_SAMPLERS) if flat is None else bool(flat)
 
     @property
     def base_seed(self) -> int:
@@ -140,7 +150,23 @@ class SearchSpace:
             name = path.replace(".", "/")
             if name not in out:
                 out[name] = value
+        if getattr(self, "flat", False):  # getattr: a space pickled before issue 22 has no flag
+            self._ask_the_rest(trial, explicit)
         return out
+
+    def _ask_the_rest(self, trial: optuna.Trial, explicit: dict[str, Any] | None) -> None:
+        """Flat space: ask every searched parameter the trial has not asked (Optuna returns
+        the value already asked for one it has); the run ignores them."""
+        losses = self.search.losses
+        if losses is not None and len(losses) > 1 and "loss/name" not in trial.params:
+            return  # an explicit configuration outside the space: the model leaves it out
+        for p in search_params():
+            spec = self.search.param(p.key)
+            if spec is None or not _searched(spec):
+                continue
+            if explicit is not None and p.path in explicit and not _contains(spec, explicit[p.path]):
+                continue  # a given value outside the space: the trial leaves the model
+            _suggest(trial, p, spec)
 
     def _given(self, p: SearchParam, explicit: dict[str, Any] | None) -> bool:
         """Whether the study searches or fixes ``p``, or the trial's configuration gives it. A
@@ -301,17 +327,62 @@ def trial_run(base_run: RunSpec, trial_config: Mapping[str, Any]) -> RunSpec:
     return base_run.merged(run_overrides(trial_config))
 
 
-def build_sampler(search: SearchSpec, num_objectives: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler: ``search.sampler`` or nsga2 (several objectives) / tpe (one).
+SAMPLER_KINDS = ("auto", "nsga2", "tpe", "tpe_scaled", "gp", "random")
+"""The values of ``search.sampler``. ``auto`` (the default) is :data:`AUTO_MULTI_OBJECTIVE` for
+several objectives and ``tpe`` for one."""
+FLAT_SAMPLERS = ("gp", "nsga2")
+"""The samplers that get the flat space (``SearchSpace.flat``): they model the intersection
+search space, which the conditional space empties."""
+AUTO_MULTI_OBJECTIVE = "tpe_scaled"
+"""What ``search.sampler: auto`` runs for a multi-objective study: the winner of
+``python -m benchmarks.bench_search`` (benchmarks/RESULTS.md, issue 22; docs/search.md)."""
 
-    NSGA-II samples its first generation at random; with fewer trials than
-    ``population_size`` it is a seeded random search, which is all a tiny study can do."""
+
+def sampler_kind(search: SearchSpec, num_objectives: int) -> str:
+    """The sampler a study runs: ``search.sampler``, with ``auto`` (or none) resolved."""
+    kind = search.sampler or "auto"
+    if kind == "auto":
+        return AUTO_MULTI_OBJECTIVE if num_objectives > 1 else "tpe"
+    return kind
+
+
+def startup_trials(total_trials: int) -> int:
+    """Random start-up trials of the model-based samplers scaled to the budget: ``max(3,
+    total // 5)`` (Optuna's fixed 10 is the whole of a 12-trial study). The explicit
+    configurations count: they are completed trials of the Optuna study when the sampled
+    ones start."""
+    return max(3, int(total_trials) // 5)
+
+
+def build_sampler(search: SearchSpec, num_objectives: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of :func:`sampler_kind`. All read the front guard's constraint
+    (``Trial.set_constraint``) except ``random``.
+
+    - ``tpe_scaled``: multivariate TPE (``group=True`` for the conditional space), start-up
+      :func:`startup_trials`; the default for several objectives (``auto``);
+    - ``gp``: Optuna's GPSampler (log-EHVI with the constraint), start-up :func:`startup_trials`;
+      it models only the parameters every trial has (the others are sampled at random);
+    - ``nsga2``: NSGA-II, population ``search.population_size`` or min(50, max(2, total // 2));
+      its first generation is random search;
+    - ``tpe``: Optuna's TPE defaults (10 random start-up trials); ``random``."""
     from tce_ray.study import samplers
 
-    kind = search.sampler or ("nsga2" if num_objectives > 1 else "tpe")
+    kind, total, seed = sampler_kind(search, num_objectives), search.total_trials(), search.seed
     if kind == "nsga2":
-        pop = search.population_size or min(50, max(2, search.total_trials() // 2))
-        return samplers.picklable(samplers.NSGAIISampler(population_size=pop, seed=search.seed))
+        pop = search.population_size or min(50, max(2, total // 2))
+        return samplers.picklable(samplers.NSGAIISampler(population_size=pop, seed=seed))
     if kind == "tpe":
-        return samplers.picklable(samplers.TPESampler(seed=search.seed))
-    return samplers.picklable(samplers.RandomSampler(seed=search.seed))
+        return samplers.picklable(samplers.TPESampler(seed=seed))
+    if kind == "tpe_scaled":
+        import warnings
+
+        import optuna as _optuna
+
+        with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna 5.1
+            warnings.simplefilter("ignore", _optuna.exceptions.ExperimentalWarning)
+            return samplers.picklable(samplers.TPESampler(
+                seed=seed, n_startup_trials=startup_trials(total), multivariate=True, group=True))
+    if kind == "gp":
+        return samplers.picklable(samplers.GPSampler(
+            seed=seed, n_startup_trials=startup_trials(total), warn_independent_sampling=False))
+    return samplers.picklable(samplers.RandomSampler(seed=seed))
