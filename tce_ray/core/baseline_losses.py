@@ -341,6 +341,42 @@ class ClassBalancedCrossEntropy(nn.Module):
         return f"scope={self.scope!r}, ignore_index={self.ignore_index}"
 
 
+def lovasz_class_terms(
+    logits: Tensor, target: Tensor, ignore_index: int = 255, per_image: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Lovász-softmax's per-class terms [G, K] (G = B per image, else 1), which classes are
+    present in each group [G, K] (bool) and which groups have a labelled pixel [G]."""
+    logits, target = _check_inputs(logits, target, ignore_index)
+    b, k = logits.shape[:2]
+    labelled = target != ignore_index
+    prob = torch.softmax(logits, dim=1)
+    g = b if per_image else 1
+    # [G, K, P]: per group (image or batch) and class, a row over the group's pixels
+    if not per_image:
+        prob, target, labelled = prob.transpose(0, 1).unsqueeze(0), target.unsqueeze(0), labelled.unsqueeze(0)
+    prob = prob.reshape(g, k, -1)
+    valid = labelled.reshape(g, 1, -1)
+    classes = torch.arange(k, device=target.device).view(1, k, 1)
+    fg = (target.reshape(g, 1, -1) == classes) & valid
+    errors = torch.where(valid, (fg.to(prob.dtype) - prob).abs(), 0.0)
+    # ignored pixels sort strictly last (key -1 < any error), so each class's order of
+    # labelled pixels is the reference's; their error is 0 and their Lovász weight 0
+    key = torch.where(valid, errors.detach(), -1.0)
+    perm = torch.sort(key, dim=2, descending=True, stable=True).indices
+    errors_sorted = errors.gather(2, perm)
+    with torch.no_grad():
+        fg_sorted = fg.gather(2, perm).double()
+        n_valid = valid.sum(dim=2, keepdim=True)  # the first n_valid sorted entries
+        valid_sorted = torch.arange(perm.shape[2], device=perm.device) < n_valid
+        gts = fg_sorted.sum(dim=2, keepdim=True)
+        intersection = gts - fg_sorted.cumsum(dim=2)
+        union = gts + ((1.0 - fg_sorted) * valid_sorted).cumsum(dim=2)
+        jaccard = 1.0 - intersection / union.clamp(min=1.0)  # union 0 only if no pixel yet
+        grad = torch.diff(jaccard, dim=2, prepend=torch.zeros_like(jaccard[..., :1]))
+    per_class = (errors_sorted * grad.to(errors.dtype)).sum(dim=2)  # [G, K]
+    return per_class, gts.squeeze(2) > 0, n_valid.reshape(g) > 0
+
+
 class LovaszSoftmax(nn.Module):
     """Lovász-softmax loss (Berman et al. 2018) on ``softmax(logits)``.
 
@@ -363,36 +399,8 @@ class LovaszSoftmax(nn.Module):
         self.ignore_index = int(ignore_index)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        logits, target = _check_inputs(logits, target, self.ignore_index)
-        b, k = logits.shape[:2]
-        labelled = target != self.ignore_index
-        prob = torch.softmax(logits, dim=1)
-        g = b if self.per_image else 1
-        # [G, K, P]: per group (image or batch) and class, a row over the group's pixels
-        if not self.per_image:
-            prob, target, labelled = prob.transpose(0, 1).unsqueeze(0), target.unsqueeze(0), labelled.unsqueeze(0)
-        prob = prob.reshape(g, k, -1)
-        valid = labelled.reshape(g, 1, -1)
-        classes = torch.arange(k, device=target.device).view(1, k, 1)
-        fg = (target.reshape(g, 1, -1) == classes) & valid
-        errors = torch.where(valid, (fg.to(prob.dtype) - prob).abs(), 0.0)
-        # ignored pixels sort strictly last (key -1 < any error), so each class's order of
-        # labelled pixels is the reference's; their error is 0 and their Lovász weight 0
-        key = torch.where(valid, errors.detach(), -1.0)
-        perm = torch.sort(key, dim=2, descending=True, stable=True).indices
-        errors_sorted = errors.gather(2, perm)
-        with torch.no_grad():
-            fg_sorted = fg.gather(2, perm).double()
-            n_valid = valid.sum(dim=2, keepdim=True)  # the first n_valid sorted entries
-            valid_sorted = torch.arange(perm.shape[2], device=perm.device) < n_valid
-            gts = fg_sorted.sum(dim=2, keepdim=True)
-            intersection = gts - fg_sorted.cumsum(dim=2)
-            union = gts + ((1.0 - fg_sorted) * valid_sorted).cumsum(dim=2)
-            jaccard = 1.0 - intersection / union.clamp(min=1.0)  # union 0 only if no pixel yet
-            grad = torch.diff(jaccard, dim=2, prepend=torch.zeros_like(jaccard[..., :1]))
-        per_class = (errors_sorted * grad.to(errors.dtype)).sum(dim=2)  # [G, K]
-        present = gts.squeeze(2) > 0
-        has_pixels = n_valid.reshape(g) > 0
+        per_class, present, has_pixels = lovasz_class_terms(logits, target, self.ignore_index, self.per_image)
+        g, k = per_class.shape
         chosen = present if self.classes == "present" else has_pixels.unsqueeze(1).expand(g, k)
         per_group = _masked_mean(per_class, chosen, dim=1)
         return _masked_mean(per_group, has_pixels, dim=0)

@@ -14,13 +14,13 @@ from typing import Any, Literal
 
 from tce_ray.core.registry import LossContext, Setting, register_loss, register_setting
 
-__all__ = ["STOCHASTIC"]
+__all__ = ["CLASS_TILT_LOSSES", "STOCHASTIC"]
 
 register_setting(Setting(
     "t", float, 1.0, "Tilt of the TCE losses (negative: robust, down-weights the hardest terms).",
     finite=True, search="tilt", label="t"))
 register_setting(Setting(
-    "gamma", float, 0.1, "Rate of stochastic TCE's running tilted loss, in (0, 1].",
+    "gamma", float, 0.1, "Rate of the running per-class loss (stochastic TCE, class tilt), in (0, 1].",
     gt=0.0, le=1.0, search="range", label="γ"))
 register_setting(Setting("focal_gamma", float, 2.0, "Focal loss focusing exponent.", ge=0.0, search="range", label="fγ"))
 register_setting(Setting(
@@ -85,6 +85,31 @@ register_loss(
     STOCHASTIC, factory="tce_ray.core.losses:MCCE", settings=("t", "gamma", "tilt_signal", "weight_floor", "min_pixels"),
     params={"tilt_signal": "tilt_signal"}, prepare=_keep_pixel_ce, needs_weight_actor=True,
     doc="Stochastic TCE: MCCE on batches drawn by the tilted class weights.",
+)
+
+# --------------------------------------------------------------------------- class tilt on the loss
+register_setting(Setting(
+    "class_signal", Literal["ce", "iou"], "ce",
+    "What drives the class tilt's weights: each class's running mean CE (its misses) or 1 - IoU of a running "
+    "confusion matrix (also its false positives).", search="choice", label="signal", label_omit=("ce",)))
+register_setting(Setting(
+    "weight_cap", float, 1.0, "The largest weight the class tilt gives any class, in (0, 1] (1: no cap).",
+    gt=0.0, le=1.0, search="range", label="cap", label_omit=(1.0,)))
+
+CLASS_TILT_LOSSES = ("class_tilt_ce", "class_tilt_lovasz")
+"""The losses weighted per class by the run's class tilt (``tce_ray.core.class_tilt``): the
+weight actor keeps the running per-class losses of all workers and serves the weights."""
+
+_CLASS_TILT_SETTINGS = ("t", "gamma", "weight_floor", "class_signal", "weight_cap")
+register_loss(
+    "class_tilt_ce", factory="tce_ray.core.class_tilt_losses:ClassTiltCrossEntropy", settings=_CLASS_TILT_SETTINGS,
+    params={"class_signal": "signal"}, needs_weight_actor=True,
+    doc="Per-class mean CE weighted by softmax(t R) of the run's running class losses (online class-level TERM).",
+)
+register_loss(
+    "class_tilt_lovasz", factory="tce_ray.core.class_tilt_losses:ClassTiltLovasz", settings=_CLASS_TILT_SETTINGS,
+    params={"class_signal": "signal"}, needs_weight_actor=True,
+    doc="Lovász-softmax's per-class terms weighted by the run's class tilt.",
 )
 
 # --------------------------------------------------------------------------- baselines
