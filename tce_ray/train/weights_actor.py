@@ -81,6 +81,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from tce_ray.train.run_state import RunState, RunStateError
+from tce_ray.core.class_tilt import ClassTiltState, state_from_dict
 from tce_ray.core.tilt import TiltState
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class WeightStore:
             state, key = self._snapshot
             snap = _parse_snapshot(state.read_json(key), state.uri(key))
             if snap is not None:
-                self._tilt.load_state_dict(snap["state"])
+                self._load(snap["state"])
                 self.restored_updates = self._tilt.num_updates
                 self.restored_from = {"node_id": snap.get("node_id"), "pid": snap.get("pid")}
                 logger.info(
@@ -223,9 +224,21 @@ class WeightStore:
         }
 
     # -- writing ----------------------------------------------------------------------
-    def report_many(self, classes: Sequence[int] | np.ndarray, losses: Sequence[float] | np.ndarray) -> int:
-        """Apply ``(class, loss)`` reports in order (``TiltState.update_many``); returns num_updates."""
-        self._tilt.update_many(classes, losses)
+    def report_many(
+        self, classes: Sequence[int] | np.ndarray, losses: Sequence[float] | np.ndarray,
+        stats: Sequence[Sequence[float]] = (),
+    ) -> int:  # fmt: skip
+        """Apply ``(class, loss)`` reports in order (``TiltState.update_many``), or, for the
+        class tilt on the loss, the batch reports ``stats`` (``ClassTiltState.update_many``);
+        returns num_updates."""
+        if isinstance(self._tilt, ClassTiltState):
+            if len(classes):
+                raise ValueError("this run's state is a class tilt on the loss: it takes batch stats, not (class, loss)")
+            self._tilt.update_many(stats)
+        else:
+            if len(stats):
+                raise ValueError("this run's state is stochastic TCE's: it takes (class, loss) reports, not batch stats")
+            self._tilt.update_many(classes, losses)
         self._report_calls += 1
         self._calls_since_snapshot += 1
         if self._snapshot is not None and (
@@ -241,19 +254,27 @@ class WeightStore:
         return self._tilt.num_updates
 
     def report_and_get(
-        self, classes: Sequence[int] | np.ndarray, losses: Sequence[float] | np.ndarray
-    ) -> tuple[list[float], int]:
+        self, classes: Sequence[int] | np.ndarray, losses: Sequence[float] | np.ndarray,
+        stats: Sequence[Sequence[float]] = (),
+    ) -> tuple[list[float], int]:  # fmt: skip
         """``report_many`` (when there is something to report), then the weights (as a list,
         cheaper to ship than an array) and num_updates: one round trip per sync for a worker."""
-        if len(classes) or len(losses):
-            self.report_many(classes, losses)
+        if len(classes) or len(losses) or len(stats):
+            self.report_many(classes, losses, stats)
         return self._tilt.weights.tolist(), self._tilt.num_updates
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
-        """Replace the state (e.g. from a training checkpoint) and snapshot it; returns num_updates."""
-        self._tilt.load_state_dict(state)
+        """Replace the state (e.g. from a training checkpoint) and snapshot it; returns num_updates.
+        A ``ClassTiltState`` state (``kind: class_tilt``) turns the store into the class tilt's."""
+        self._load(state)
         self.snapshot()
         return self._tilt.num_updates
+
+    def _load(self, state: dict[str, Any]) -> None:
+        if isinstance(state, dict) and state.get("kind") != getattr(self._tilt, "state_dict")().get("kind"):
+            self._tilt = state_from_dict(state)  # the other kind of state (validated by its class)
+        else:
+            self._tilt.load_state_dict(state)
 
     def snapshot(self) -> str | None:
         """Write the state to the snapshot file now (atomically, on the run's storage);
@@ -371,11 +392,12 @@ class WeightClient:
         self._weights, self._version = self._initial_weights(init_timeout_s)
         self._weights_step = 0  # the client step after which the cached weights were requested
         self._step = 0
-        # outstanding report_and_get calls: (reply future, classes, losses, step issued), oldest first;
-        # the future (ObjectRef.future(), completed by Ray's callback) keeps its ObjectRef alive
-        self._inflight: deque[tuple[Future, list[int], list[float], int]] = deque()
+        # outstanding report_and_get calls: (reply future, classes, losses, step issued, stats), oldest
+        # first; the future (ObjectRef.future(), completed by Ray's callback) keeps its ObjectRef alive
+        self._inflight: deque[tuple[Future, list[int], list[float], int, list[list[float]]]] = deque()
         self._buf_classes: deque[int] = deque()
         self._buf_losses: deque[float] = deque()
+        self._buf_stats: deque[list[float]] = deque()  # the class tilt's batch reports
         self.reports_sent = 0
         self.reports_dropped = 0
         self.reports_requeued = 0
@@ -429,6 +451,15 @@ class WeightClient:
         self._buf_losses.append(loss)
         self._trim_buffer()
 
+    def report_stats(self, stats: Sequence[float] | np.ndarray) -> None:
+        """Buffer one batch report of the class tilt on the loss (per-class CE sums and counts,
+        or confusion counts: ``ClassTiltState.update``); sent at the next sync point."""
+        values = np.asarray(stats, dtype=np.float64).ravel()
+        if not np.isfinite(values).all():
+            raise ValueError(f"class-tilt report must be finite, got {values.tolist()}")
+        self._buf_stats.append(values.tolist())
+        self._trim_buffer()
+
     def step(self) -> None:
         """Advance one training step; every ``sync_every`` steps :meth:`sync`."""
         self._step += 1
@@ -444,15 +475,16 @@ class WeightClient:
         self._reap(timeout=0.0)
         if len(self._inflight) >= self.max_inflight:
             return
-        classes, losses = list(self._buf_classes), list(self._buf_losses)
+        classes, losses, stats = list(self._buf_classes), list(self._buf_losses), list(self._buf_stats)
         try:
-            reply = self._actor.report_and_get.remote(classes, losses).future()
+            reply = self._actor.report_and_get.remote(classes, losses, stats).future()
         except RayActorError:  # submission itself can fail for a dead handle
             self.actor_errors += 1
             return
         self._buf_classes.clear()
         self._buf_losses.clear()
-        self._inflight.append((reply, classes, losses, self._step))
+        self._buf_stats.clear()
+        self._inflight.append((reply, classes, losses, self._step, stats))
 
     def drain(self, timeout_s: float = 30.0) -> bool:
         """Send everything and wait (up to ``timeout_s``) until every report reached the actor.
@@ -464,15 +496,15 @@ class WeightClient:
         deadline = time.monotonic() + timeout_s
         sent = False
         while True:
-            if self._buf_classes or not sent:
+            if self._buf_classes or self._buf_stats or not sent:
                 self.sync()
                 sent = True
             self._reap(timeout=max(0.0, deadline - time.monotonic()))
-            if not self._inflight and not self._buf_classes:
+            if not self._inflight and not self._buf_classes and not self._buf_stats:
                 return True
             if time.monotonic() >= deadline:
                 return False
-            if self._buf_classes and not self._inflight:
+            if (self._buf_classes or self._buf_stats) and not self._inflight:
                 time.sleep(0.2)  # the actor refused the last call (restarting): try again shortly
 
     def refresh(self, timeout_s: float = 30.0) -> bool:
@@ -486,8 +518,8 @@ class WeightClient:
             "reports_sent": self.reports_sent,
             "reports_dropped": self.reports_dropped,
             "reports_requeued": self.reports_requeued,
-            "reports_buffered": len(self._buf_classes),
-            "reports_inflight": sum(len(c) for _, c, _, _ in self._inflight),
+            "reports_buffered": len(self._buf_classes) + len(self._buf_stats),
+            "reports_inflight": sum(len(c) + len(st) for _, c, _, _, st in self._inflight),
             "calls_inflight": len(self._inflight),
             "actor_errors": self.actor_errors,
             "refreshes": self.refreshes,
@@ -501,6 +533,9 @@ class WeightClient:
             self._buf_classes.popleft()
             self._buf_losses.popleft()
             self.reports_dropped += 1
+        while len(self._buf_stats) > self.max_buffer:
+            self._buf_stats.popleft()
+            self.reports_dropped += 1
 
     def _reap(self, timeout: float) -> None:
         """Collect finished calls: adopt the newest weights, requeue reports the actor lost.
@@ -513,18 +548,19 @@ class WeightClient:
         if not self._inflight:
             return
         if timeout > 0:
-            wait_futures([f for f, _, _, _ in self._inflight], timeout=timeout)
+            wait_futures([f for f, *_ in self._inflight], timeout=timeout)
         landed: set = set()
-        oldest, _, _, issued0 = self._inflight[0]
+        oldest, _, _, issued0, _ = self._inflight[0]
         if not oldest.done() and issued0 < self._step:
             landed = set(ray.wait([oldest.object_ref], timeout=0)[0])
-        if not landed and not any(f.done() for f, _, _, _ in self._inflight):
+        if not landed and not any(f.done() for f, *_ in self._inflight):
             return
         keep: deque = deque()
         requeue_c: list[int] = []
         requeue_l: list[float] = []
+        requeue_s: list[list[float]] = []
         for item in self._inflight:
-            reply, classes, losses, issued = item
+            reply, classes, losses, issued, stats = item
             if not reply.done() and reply.object_ref not in landed:
                 keep.append(item)
                 continue
@@ -532,24 +568,26 @@ class WeightClient:
                 w, v = reply.result() if reply.done() else ray.get(reply.object_ref)
             except RayActorError as e:  # died or restarting: the call was not applied (no retries)
                 self.actor_errors += 1
-                self.reports_requeued += len(classes)
+                self.reports_requeued += len(classes) + len(stats)
                 requeue_c.extend(classes)
                 requeue_l.extend(losses)
+                requeue_s.extend(stats)
                 logger.warning("class-weight actor unavailable (%s); %d reports requeued", type(e).__name__, len(classes))
                 continue
             except Exception as e:  # the actor rejected the reports (a bug): never retry them
                 self.actor_errors += 1
-                self.reports_dropped += len(classes)
-                logger.error("class-weight actor rejected %d reports: %s", len(classes), e)
+                self.reports_dropped += len(classes) + len(stats)
+                logger.error("class-weight actor rejected %d reports: %s", len(classes) + len(stats), e)
                 continue
-            self.reports_sent += len(classes)
+            self.reports_sent += len(classes) + len(stats)
             if issued >= self._weights_step:  # calls complete in order; never go back in time
                 self._weights, self._version, self._weights_step = self._frozen(w), int(v), issued
                 self.refreshes += 1
         self._inflight = keep
-        if requeue_c:  # older than what is buffered: put them first, keep the order
+        if requeue_c or requeue_s:  # older than what is buffered: put them first, keep the order
             self._buf_classes.extendleft(reversed(requeue_c))
             self._buf_losses.extendleft(reversed(requeue_l))
+            self._buf_stats.extendleft(reversed(requeue_s))
             self._trim_buffer()
 
 

@@ -92,6 +92,7 @@ from tce_ray.train.run_state import RunState, cached_class_index
 from tce_ray.train.runspec import RunSpec
 from tce_ray.train.stall_watchdog import StallWatchdog, stall_key
 from tce_ray.data.sampling import ClassIndex, StaticClassWeights, TiltedBatchSampler, rare_class_probabilities
+from tce_ray.core.class_tilt import ClassTiltState, state_from_dict
 from tce_ray.core.tilt import TiltState
 from tce_ray.train.weights_actor import WeightClient, call_with_retry, find_weight_actor, state_hash
 
@@ -137,9 +138,18 @@ def poly_lr(lr0: float, step: int, steps: int, power: float) -> float:
     return lr0 * (1.0 - step / steps) ** power
 
 
-def initial_weight_state(run: RunSpec, num_classes: int, drawable: Sequence[int]) -> TiltState:
-    """The run's fresh TiltState (uniform weights over the drawable classes)."""
-    return TiltState(num_classes, run.loss.t, run.loss.gamma, drawable, weight_floor=run.loss.weight_floor)
+def initial_weight_state(run: RunSpec, num_classes: int, drawable: Sequence[int]) -> TiltState | ClassTiltState:
+    """The run's fresh class-weight state: stochastic TCE's TiltState (uniform weights over the
+    drawable classes) or, for the class tilt on the loss, an empty ClassTiltState."""
+    from tce_ray.core.loss_catalog import CLASS_TILT_LOSSES
+
+    loss = run.loss
+    if loss.name in CLASS_TILT_LOSSES:
+        cap = None if loss.weight_cap >= 1.0 else loss.weight_cap
+        return ClassTiltState(
+            num_classes, loss.t, loss.gamma, weight_floor=loss.weight_floor, signal=loss.class_signal, cap=cap
+        )
+    return TiltState(num_classes, loss.t, loss.gamma, drawable, weight_floor=loss.weight_floor)
 
 
 # ----------------------------------------------------------------------------- test hooks
@@ -411,13 +421,46 @@ class TiltFeedback:
         if self.rank != 0:
             return None
         weight_state = call_with_retry(client.actor.state_dict)
-        tilt = initial_weight_state(self.run, len(self.class_names), weight_state["drawable"])
-        tilt.load_state_dict(weight_state)
+        tilt = state_from_dict(weight_state)
         for c, w in zip(self.class_names, tilt.weights):
             metrics[f"weights/{c}"] = float(w)
+        if isinstance(tilt, ClassTiltState):
+            for c, r in zip(self.class_names, tilt.running_loss):
+                metrics[f"class_loss/{c}"] = float(r)
         metrics["weight_updates"] = int(weight_state["num_updates"])
         metrics["weight_state_hash"] = state_hash(weight_state)
         return weight_state
+
+
+class ClassTiltFeedback(TiltFeedback):
+    """The class tilt on the loss on one worker: before each step the loss reads the cached
+    class weights (:meth:`before_step`); after it the batch's per-class report
+    (``loss_fn.last_report``: CE sums and counts, or confusion counts) goes to the run's state
+    without blocking. The weights a step uses lag as stochastic TCE's sampling weights do
+    (``tce_ray.train.weights_actor``) but without the loader's prefetch: ``L <= a_max``."""
+
+    def before_step(self, loss_fn: nn.Module) -> None:
+        """Give the loss the latest weights that have arrived (never waits)."""
+        if getattr(self, "_weights_version", None) != self.client.version:
+            loss_fn.set_class_weights(self.client.weights if self.client.version > 0 else None)
+            self._weights_version = self.client.version
+        else:
+            self.client.weights  # noqa: B018 - picks up a landed reply, tracks the weights' age
+
+    def class_ce(self, loss_fn: nn.Module, masks: torch.Tensor, cls: int | None) -> torch.Tensor | None:
+        self._loss_fn = loss_fn
+        return None
+
+    def after_step(self, cls: int | None, loss_value: float, cls_ce: torch.Tensor | None) -> None:
+        report = getattr(self._loss_fn, "last_report", None)
+        if report is None:
+            self.skipped_reports += 1
+        else:
+            self.client.report_stats(report.cpu().numpy())
+        self.client.step()
+        if self.rank == 0 and time.monotonic() >= self._live_due:
+            self.live.set_weights(self.client.weights)
+            self._live_due = time.monotonic() + LIVE_WEIGHTS_PERIOD_S
 
 
 def tilt_counters(skipped_reports: int, client: Any, prefetch_depth: int) -> dict[str, int]:
@@ -505,7 +548,7 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     the contract: the model is initialised from ``seed``, then every random stream of the
     attempt is seeded from ``(seed, rank, start step)``."""
     from tce_ray.core.loss_catalog import STOCHASTIC
-    from tce_ray.core.losses import make_loss, needs_class_index
+    from tce_ray.core.losses import make_loss, needs_class_index, needs_weight_actor
 
     run = RunSpec.model_validate(config["run"])
     tr = run.train
@@ -525,10 +568,13 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     stream_seed = _seed_streams(tr.seed, rank, start_step)
 
     client, restored_hash = None, ""
-    if run.loss.name == STOCHASTIC:
+    if needs_weight_actor(run):
         client, restored_hash = _connect_weights(run, config["run_name"], state, index, num_classes, rank)
+    sampler_client = client if run.loss.name == STOCHASTIC else None  # the class tilt acts on the loss
     steps_per_epoch = _steps_per_epoch(len(train_ds), tr.batch_size, world)
-    batch_sampler = _batch_sampler(run, train_ds, rank, world, start_step, steps_per_epoch, index=index, client=client)
+    batch_sampler = _batch_sampler(
+        run, train_ds, rank, world, start_step, steps_per_epoch, index=index, client=sampler_client
+    )
     draws = ClassDraws(batch_sampler) if isinstance(batch_sampler, TiltedBatchSampler) else None
     loader = _train_loader(train_ds, batch_sampler, run.data.loader_workers, device, stream_seed)
     val_loader = make_val_loader(
@@ -537,7 +583,8 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     live = LiveMetrics(config["run_name"], rank, class_names)
     tilt = None
     if client is not None:
-        tilt = TiltFeedback(
+        feedback = TiltFeedback if sampler_client is not None else ClassTiltFeedback
+        tilt = feedback(
             run, client, batch_sampler, live, rank=rank, class_names=class_names,
             restored_hash=restored_hash, prefetch_depth=PREFETCH_FACTOR * run.data.loader_workers,
         )  # fmt: skip
@@ -705,6 +752,8 @@ def train_step(w: Worker, images: torch.Tensor, masks: torch.Tensor, step: int) 
     lr = poly_lr(w.run.optim.lr, step, w.run.train.steps, w.run.optim.poly_power)
     for g in w.optimizer.param_groups:
         g["lr"] = lr
+    if isinstance(w.tilt, ClassTiltFeedback):
+        w.tilt.before_step(w.loss_fn)
     with w.amp.autocast():
         logits = w.model(images)
     logits = logits.float()
