@@ -57,17 +57,19 @@ def _study(**extra):
 
 def test_builtin_entries_drive_the_derived_names():
     assert registry.list_losses() == [
-        "mcce", "focal", "tce_image", "tce_class", "tce_stochastic", "ce_weighted", "ce_balanced", "lovasz", "dice"]
+        "mcce", "focal", "tce_image", "tce_class", "tce_stochastic", "ce_weighted", "ce_balanced", "lovasz", "dice",
+        "class_tilt_ce", "class_tilt_lovasz"]
     assert registry.list_datasets() == ["synthetic", "cityscapes", "ade20k", "camvid", "folder"]
     assert [p.optuna_name for p in registry.search_params()] == [
         "loss/t", "loss/gamma", "loss/focal_gamma", "loss/tilt_signal", "loss/weight_floor",
-        "loss/beta", "loss/scope", "loss/per_image", "loss/ce_weight",
+        "loss/beta", "loss/scope", "loss/per_image", "loss/ce_weight", "loss/class_signal", "loss/weight_cap",
         "sampling/mode", "sampling/temperature", "sampling/image_power", "sampling/class_crop"]
     assert relevant_settings("tce_stochastic") == ("t", "gamma", "tilt_signal", "weight_floor")
     assert relevant_settings("focal") == ("focal_gamma",) and relevant_settings("mcce") == ()
     run = RunSpec()
     as_ = lambda **loss: run.merged({"loss": loss})  # noqa: E731
-    assert [needs_weight_actor(as_(name=n)) for n in registry.list_losses()] == [False] * 4 + [True] + [False] * 4
+    assert [needs_weight_actor(as_(name=n)) for n in registry.list_losses()] == [False] * 4 + [True] + [False] * 4 + [True] * 2
+    assert relevant_settings("class_tilt_ce") == ("t", "gamma", "weight_floor", "class_signal", "weight_cap")
     assert needs_class_index(as_(name="focal")) and not needs_class_index(as_(name="focal", focal_alpha="none"))
     assert needs_class_index(as_(name="tce_stochastic")) and not needs_class_index(as_(name="tce_class"))
     built = make_loss(as_(name="tce_class", t=0.25), num_classes=3)

@@ -87,31 +87,6 @@ register_loss(
     doc="Stochastic TCE: MCCE on batches drawn by the tilted class weights.",
 )
 
-# --------------------------------------------------------------------------- class tilt on the loss
-register_setting(Setting(
-    "class_signal", Literal["ce", "iou"], "ce",
-    "What drives the class tilt's weights: each class's running mean CE (its misses) or 1 - IoU of a running "
-    "confusion matrix (also its false positives).", search="choice", label="signal", label_omit=("ce",)))
-register_setting(Setting(
-    "weight_cap", float, 1.0, "The largest weight the class tilt gives any class, in (0, 1] (1: no cap).",
-    gt=0.0, le=1.0, search="range", label="cap", label_omit=(1.0,)))
-
-CLASS_TILT_LOSSES = ("class_tilt_ce", "class_tilt_lovasz")
-"""The losses weighted per class by the run's class tilt (``tce_ray.core.class_tilt``): the
-weight actor keeps the running per-class losses of all workers and serves the weights."""
-
-_CLASS_TILT_SETTINGS = ("t", "gamma", "weight_floor", "class_signal", "weight_cap")
-register_loss(
-    "class_tilt_ce", factory="tce_ray.core.class_tilt_losses:ClassTiltCrossEntropy", settings=_CLASS_TILT_SETTINGS,
-    params={"class_signal": "signal"}, needs_weight_actor=True,
-    doc="Per-class mean CE weighted by softmax(t R) of the run's running class losses (online class-level TERM).",
-)
-register_loss(
-    "class_tilt_lovasz", factory="tce_ray.core.class_tilt_losses:ClassTiltLovasz", settings=_CLASS_TILT_SETTINGS,
-    params={"class_signal": "signal"}, needs_weight_actor=True,
-    doc="Lovász-softmax's per-class terms weighted by the run's class tilt.",
-)
-
 # --------------------------------------------------------------------------- baselines
 # The remedies a fairness study is judged against (tce_ray.core.baseline_losses).
 
@@ -177,3 +152,28 @@ register_loss("lovasz", factory="tce_ray.core.baseline_losses:LovaszSoftmax", se
               doc="Lovász-softmax (Berman et al. 2018), over the batch or per image.")
 register_loss("dice", factory="tce_ray.core.baseline_losses:SoftDiceLoss", settings=("smooth", "classes", "ce_weight"),
               doc="Soft multi-class Dice, optionally plus ce_weight x MCCE.")
+
+# --------------------------------------------------------------------------- class tilt on the loss
+register_setting(Setting(
+    "class_signal", Literal["ce", "iou"], "ce",
+    "What drives the class tilt's weights: each class's running mean CE (its misses) or 1 - IoU of a running "
+    "confusion matrix (also its false positives).", search="choice", label="signal", label_omit=("ce",)))
+register_setting(Setting(
+    "weight_cap", float, 1.0, "The largest weight the class tilt gives any class, in (0, 1] (1: no cap).",
+    gt=0.0, le=1.0, search="range", label="cap", label_omit=(1.0,)))
+
+CLASS_TILT_LOSSES = ("class_tilt_ce", "class_tilt_lovasz")
+"""The losses weighted per class by the run's class tilt (``tce_ray.core.class_tilt``): the
+weight actor keeps the running per-class losses of all workers and serves the weights."""
+
+_CLASS_TILT_SETTINGS = ("t", "gamma", "weight_floor", "class_signal", "weight_cap")
+register_loss(
+    "class_tilt_ce", factory="tce_ray.core.class_tilt_losses:ClassTiltCrossEntropy", settings=_CLASS_TILT_SETTINGS,
+    params={"class_signal": "signal"}, needs_weight_actor=True,
+    doc="Per-class mean CE weighted by softmax(t R) of the run's running class losses (online class-level TERM).",
+)
+register_loss(
+    "class_tilt_lovasz", factory="tce_ray.core.class_tilt_losses:ClassTiltLovasz", settings=_CLASS_TILT_SETTINGS,
+    params={"class_signal": "signal"}, needs_weight_actor=True,
+    doc="Lovász-softmax's per-class terms weighted by the run's class tilt.",
+)
