@@ -9,7 +9,8 @@ only where it acts, ``SearchParam.applies``):
 - a loss setting only for the losses whose registry entry takes it: ``loss/t`` for the TCE
   losses (``tce_image``, ``tce_class``, ``tce_stochastic``), ``loss/gamma``,
   ``loss/tilt_signal``, ``loss/weight_floor`` for ``tce_stochastic``, ``loss/focal_gamma``
-  for ``focal``;
+  for ``focal``; ``loss/t``, ``loss/gamma``, ``loss/weight_floor``, ``loss/class_signal`` and
+  ``loss/weight_cap`` for the class tilt on the loss (``class_tilt_ce``, ``class_tilt_lovasz``);
 - ``t`` (the ``tilt`` kind) is log-uniform by default. With ``allow_negative`` and
   ``log``, Optuna samples ``search/t_abs`` (log-uniform) and ``search/t_negative``
   (categorical) and ``loss/t`` is their signed product; with ``log: false`` it is uniform
