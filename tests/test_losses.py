@@ -377,8 +377,11 @@ def test_build_loss_names_and_params():
         "ce_balanced",
         "lovasz",
         "dice",
+        "class_tilt_ce",
+        "class_tilt_lovasz",
     }
     assert type(build_loss("mcce")) is MCCE
+    assert build_loss("class_tilt_lovasz", signal="iou").signal == "iou"
     assert type(build_loss("tce_stochastic", ignore_index=0)) is MCCE
     assert build_loss("tce_stochastic", ignore_index=0).ignore_index == 0
     f = build_loss("focal", alpha=[1.0, 2.0], gamma=1.0)
