@@ -200,3 +200,22 @@ def test_confusion_report_and_ignored_pixels():
     empty = torch.full_like(target, 255)
     zero = loss(logits, empty)
     assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_weight_store_switches_to_the_class_tilt_and_restores_it_from_its_snapshot(tmp_path):
+    from tce_ray.train.weights_actor import WeightStore, read_snapshot
+
+    snap = tmp_path / "weights.json"
+    store = WeightStore(3, 1.0, 0.1, snapshot_path=snap)  # created as stochastic TCE's, as the trainer does
+    fresh = ClassTiltState(3, 2.0, 0.5, weight_floor=0.1)
+    store.load_state_dict(fresh.state_dict())  # rank 0's fresh state turns it into the class tilt's
+    report = [1.0, 4.0, 0.0, 2, 2, 0]
+    w, n = store.report_and_get([], [], [report, report])
+    fresh.update_many([report, report])
+    assert n == 2 and w == fresh.weights.tolist()
+    with pytest.raises(ValueError, match="batch stats, not"):
+        store.report_many([0], [1.0])
+    store.snapshot()
+    assert read_snapshot(snap)["state"]["kind"] == "class_tilt"
+    again = WeightStore(3, 1.0, 0.1, snapshot_path=snap)  # an actor restarted by Ray
+    assert again.state_dict() == store.state_dict() and again.restored_updates == 2
