@@ -95,8 +95,8 @@ def plot_weights(root, out):
     for ax, (n, lines) in zip(axes[0], sorted(trials.items())):
         cls = sorted(k[8:] for k in lines[-1] if k.startswith("weights/"))
         steps = [m["step"] for m in lines]
-        for c in cls:
-            ax.plot(steps, [m[f"weights/{c}"] for m in lines], marker="o", label=c)
+        for i, c in enumerate(cls):
+            ax.plot(steps, [m[f"weights/{c}"] for m in lines], marker="o", label=c, color=plt.cm.tab20(i))
         ax.set_title(n, fontsize=9)
         ax.set_xlabel("step")
     axes[0][0].set_ylabel("class weight (seed 0)")
