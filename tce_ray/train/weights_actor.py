@@ -259,8 +259,10 @@ class WeightStore:
     ) -> tuple[list[float], int]:  # fmt: skip
         """``report_many`` (when there is something to report), then the weights (as a list,
         cheaper to ship than an array) and num_updates: one round trip per sync for a worker."""
-        if len(classes) or len(losses) or len(stats):
+        if len(stats):
             self.report_many(classes, losses, stats)
+        elif len(classes) or len(losses):
+            self.report_many(classes, losses)  # (class, loss) reports: stochastic TCE's signature
         return self._tilt.weights.tolist(), self._tilt.num_updates
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
