@@ -3,7 +3,7 @@
 - the Optuna journal in <storage>/<name>/ loads with ``optuna.load_study``: its trials, the
   objectives named, per-class IoU and the settings as user attributes; ``--resume`` goes
   through it (no trial added twice);
-- TensorBoard event files with ``iou/<class>`` in each trial's folder (Tune's TBX logger);
+- TensorBoard event files with ``iou/<class>`` in <study>/tensorboard/<label> (<id>)/, against the step;
 - ``load_study(dir)`` gives back the tables run_study returned; ``callbacks=`` reach Tune;
 - the progress lines: step progress with rate and ETA, the study's trials done/total with
   ETA and the best so far, where the logs are; plain text (no control codes);
@@ -67,7 +67,7 @@ def test_tensorboard_events_hold_per_class_iou(smoke) -> None:
     trials = smoke["result"].trials
     classes = [c for c in trials.columns if c.startswith("iou/")]
     for trial_id in trials["trial_id"]:
-        files = list((smoke["dir"] / f"trial_{trial_id}").glob("events.out.tfevents.*"))
+        files = list((smoke["dir"] / "tensorboard").glob(f"* ({trial_id})/events.out.tfevents.*"))
         assert files, f"no TensorBoard event file for trial {trial_id}"
         tags: dict[str, list[tuple[int, float]]] = {}
         for f in files:
@@ -89,6 +89,7 @@ def test_tensorboard_events_hold_per_class_iou(smoke) -> None:
             assert f"ray/tune/{c}" in tags, (c, sorted(tags)[:20])
             values = [v for _, v in sorted(tags[f"ray/tune/{c}"])]
             assert values == pytest.approx(hist[c].dropna().tolist(), abs=1e-6), c
+            assert [s for s, _ in sorted(tags[f"ray/tune/{c}"])] == hist.dropna(subset=[c])["step"].astype(int).tolist(), c
         for key in ("worst_iou", "iou_std", "miou", "loss"):
             assert f"ray/tune/{key}" in tags, key
 

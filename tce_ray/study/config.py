@@ -33,6 +33,7 @@ sections sit beside it::
     front_guard: {metric: miou, max_drop: 0.05, reference: 0}   # optional; see tce_ray.core.front_guard
     resources: {max_concurrent_trials: 1}
     optuna_storage: sqlite:///results/optuna.db   # optional
+    tracking: {mlflow: {tracking_uri: "file:./mlruns"}}   # optional: MLflow / W&B (tce_ray.study.tracking)
     plugins: [mypackage.losses]       # optional: modules imported first (they register
                                       # losses, data sets, objectives; see tce_ray.core.registry)
 
@@ -74,6 +75,7 @@ from tce_ray.core.registry import SearchParam, get_search_param, list_losses, li
 from tce_ray.train.runspec import BUILTIN_STUDY, KeyPathError, RegistryShaped, RunSpec, is_uri, reject_bools
 from tce_ray.study.errors import ConfigError
 from tce_ray.study.overrides import apply_overrides
+from tce_ray.study.tracking import TrackingSpec
 from tce_ray.study.yaml_load import MAX_CHARS, YamlLoadError, load_yaml
 
 MAX_SEED = 2**32
@@ -383,6 +385,8 @@ class StudyConfig(_Strict):
     """An Optuna RDB URL (``sqlite:///path.db``, ``postgresql://...``) to keep the Optuna
     study in; default: a journal file ``<storage>/<name>/optuna.journal`` for local storage,
     in memory (saved with Tune's searcher state) for remote storage (see ``optuna_store``)."""
+    tracking: TrackingSpec | None = None
+    """MLflow / W&B logging of every trial's reports (:mod:`tce_ray.study.tracking`)."""
 
     @model_validator(mode="before")
     @classmethod

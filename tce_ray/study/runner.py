@@ -185,15 +185,27 @@ def run_study(
     objs = resolve_objectives(list(objectives) if objectives is not None else cfg.run.objectives)
     if cfg.scheduler and cfg.scheduler.asha and cfg.scheduler.asha.metric not in _modes(objs):
         raise ConfigError(f"{cfg.scheduler.asha.metric!r} is not one of the objectives {list(_modes(objs))}", path="scheduler.asha.metric")
+    trackers = tracking_names(cfg)  # before Ray: a missing MLflow / W&B package is one line
     if check:
         preflight_study(cfg, file if file is not None else (config if isinstance(config, (str, os.PathLike)) else None),
                    address, progress)
     lock = _lock_study_folder(cfg, force_unlock)
     try:
         return _run_locked(cfg, objs, resume=resume, address=address, dashboard=dashboard, progress=progress,
-                           connect_timeout_s=connect_timeout_s, callbacks=callbacks)
+                           connect_timeout_s=connect_timeout_s, callbacks=callbacks, trackers=trackers)
     finally:
         lock.release()
+
+
+def tracking_names(cfg: StudyConfig) -> list[str]:
+    """The study's trackers that will run (:func:`tce_ray.study.tracking.check_tracking`);
+    a missing package raises ConfigError naming the pip command."""
+    from tce_ray.study.tracking import check_tracking
+
+    try:
+        return check_tracking(cfg.tracking)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def preflight_study(cfg: StudyConfig, file: Any, address: str | None, progress: bool | str) -> None:
@@ -202,6 +214,7 @@ def preflight_study(cfg: StudyConfig, file: Any, address: str | None, progress: 
     from tce_ray.study.preflight import preflight, verify_cache_dir
     from tce_ray.train.run_state import storage_join
 
+    tracking_names(cfg)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
     rep = preflight(cfg, file=os.fspath(file) if file is not None else None, address=address,
                     cache_dir=verify_cache_dir(storage_join(cfg.experiment_path(), RUNS_DIR)), progress=say)
@@ -224,7 +237,7 @@ def _lock_study_folder(cfg: StudyConfig, force: bool) -> Any:
 
 def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, address: str | None, dashboard: bool,
                 progress: bool | str, connect_timeout_s: float | None, callbacks: Sequence[Any] | None = None,
-                ) -> StudyResult:
+                trackers: Sequence[str] = ()) -> StudyResult:
     """The study once its folder is locked: Ray, the tuner, ``fit()``, the result files."""
     _failed_start(cfg, resume)  # before Ray: a start that died left nothing to wait for Ray over
     from tce_ray.train.ray_env import DEFAULT_CONNECT_TIMEOUT_S, ClusterUnreachable, cluster_problem, ensure_ray, pickle_by_value, shipped_plugins
@@ -257,6 +270,7 @@ def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, addres
         *([progress_callback(list(_modes(objs)), total, show_seed=bool(cfg.search.seeds), modes=_modes(objs),
                              steps=cfg.run.train.steps, terse=progress == "terse",
                              experiment_path=cfg.experiment_path())] if progress else []),
+        *_tracking(cfg, list(trackers)),
         *(callbacks or []),
     ]
     tuner = _restore_tuner(cfg, trainable, progress) if resume else _new_tuner(cfg, trainable, objs, callbacks, progress)
@@ -264,6 +278,14 @@ def _run_locked(cfg: StudyConfig, objs: list[Objective], *, resume: bool, addres
     if progress:
         _print_summary(result, total)
     return result
+
+
+def _tracking(cfg: StudyConfig, trackers: list[str]) -> list[Any]:
+    """TensorBoard (runs named by the trial's label, against the step) and the study's MLflow / W&B callbacks."""
+    from tce_ray.study.tracking import tensorboard_callback, tracking_callbacks
+
+    tb = tensorboard_callback(cfg.experiment_path(), bool(cfg.search.seeds))
+    return [*([tb] if tb is not None else []), *tracking_callbacks(cfg.tracking, cfg.name, bool(cfg.search.seeds), trackers)]
 
 
 def _failed_start(cfg: StudyConfig, resume: bool) -> None:

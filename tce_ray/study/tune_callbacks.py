@@ -240,7 +240,7 @@ def _log_locations(experiment_path: str) -> str:
     except Exception:  # noqa: BLE001 - a client connection has no local node
         session = "the Ray session's logs/ folder on each node (/tmp/ray/session_latest/logs)"
     return (f"Ray workers' stdout/stderr in {session} (worker-*.out/.err, Ray Train in train/); "
-            f"each trial's results and TensorBoard events in {experiment_path}/trial_<id>/")
+            f"each trial's results in {experiment_path}/trial_<id>/, TensorBoard events in {experiment_path}/tensorboard/")
 
 
 def _settings_text(config: dict[str, Any], show_seed: bool) -> str:
