@@ -33,22 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from tce_ray.core.tilt import TiltState
+from tce_ray.core.tilt import TiltState, _finite_float as _real
 
 __all__ = ["CLASS_SIGNALS", "ClassTiltState", "state_from_dict", "tilted_class_weights"]
 
 CLASS_SIGNALS: tuple[str, ...] = ("ce", "iou")
 KIND = "class_tilt"
 _STATE_VERSION = 1
-
-
-def _real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
 
 
 def _capped(w: np.ndarray, cap: float) -> np.ndarray:
