@@ -130,8 +130,10 @@ def test_running_lines_between_reports(clock: Clock, capsys: pytest.CaptureFixtu
         # 12 steps in the 60 s between two published steps: 5.0 s/step, 74 steps left
         assert running == ["[    70s] running  a step 14/100 (14%)",
                            "[   130s] running  a step 26/100 (26%), 5.0 s/step, ETA 6m10s"], out
-        # the report's rate counts from the last running line: 4 steps in 70 s (evaluation included)
-        assert "report   a step 30/100 (30%), 17.5 s/step, ETA 20m25s" in out, out
+        # the report's rate counts from the first step seen (step 14 at 70 s): 16 steps in 130 s,
+        # the pause before the report included; from the last line (4 steps in 70 s, 17.5 s/step)
+        # one evaluation would look like the trial's pace
+        assert "report   a step 30/100 (30%), 8.1 s/step, ETA 9m29s" in out, out
     assert cleared == ["a", "a"]  # the finished trial's published step is dropped
 
 
