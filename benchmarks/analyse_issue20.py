@@ -5,6 +5,8 @@ result.json of each) beside issue 9's baselines (benchmarks/results/issue9, the 
     python -m benchmarks.analyse_issue20                 # markdown tables
     python -m benchmarks.analyse_issue20 --root DIR      # the issue-20 trials from another folder
     python -m benchmarks.analyse_issue20 --plot OUT.png  # also the weights' trajectories
+    python -m benchmarks.analyse_issue20 --root benchmarks/results/issue20/camvid_full_res --alone
+        # a study that ran its own baselines (studies/camvid_full_res.yaml): every row from --root
 
 Per configuration: mean ± std over seeds at the last step (1200), the difference from MCCE
 (and head to head against Lovász and class-balanced CE) with Welch's p, per-class IoU, and
@@ -110,7 +112,10 @@ def main(argv=None) -> int:
     p.add_argument("--root", default="benchmarks/results/issue20/camvid_online", help="folder of the issue-20 trials")
     p.add_argument("--baselines", default="benchmarks/results/issue9", help="issue 9's kept trials")
     p.add_argument("--plot", default=None, help="write the weights' trajectories (seed 0) to this PNG")
+    p.add_argument("--alone", action="store_true", help="every row (baselines too) from --root, none from --baselines")
     args = p.parse_args(argv)
+    if args.alone:
+        return main_alone(args)
     b = args.baselines
     r3 = a9.load([f"{b}/camvid_r3", f"{b}/camvid_r3b", f"{b}/camvid_r3d"], 1200)
     pilot = a9.load([f"{b}/pilot", f"{b}/pilot_b", f"{b}/pilot_c", f"{b}/pilot_d"], 1200)
@@ -127,6 +132,25 @@ def main(argv=None) -> int:
     roots = [f"{b}/{x}" for x in ("camvid_r3", "camvid_r3b", "camvid_r3d", "pilot", "pilot_b", "pilot_c", "pilot_d")]
     print_steps(history(roots + [args.root], set(BASELINES + new_names), bottom), BASELINES + new_names)
     print("\nSeeds of the new rows: " + "; ".join(f"{n}: {sorted(r['seed'] for r in new if r['name'] == n)}" for n in new_names))
+    if args.plot:
+        plot_weights(args.root, args.plot)
+        print(f"\nweights' trajectories: {args.plot}")
+    return 0
+
+
+def main_alone(args) -> int:
+    """The tables for a study that ran its baselines beside the class tilt (the full-resolution run)."""
+    rows = load_new(args.root)
+    names = [n for n in BASELINES if any(r["name"] == n for r in rows)]
+    names += sorted({r["name"] for r in rows} - set(names))
+    print(f"### {args.root}: every configuration against MCCE\n")
+    rows = summarise_all(rows, names)
+    new = [n for n in names if n.startswith("CT-")]
+    refs = [n for n in names if n not in new and n != "MCCE"]
+    a9.versus(rows, [(n, ref) for n in new for ref in refs])
+    by = sorted(rows[0]["u"], key=lambda c: np.mean([r["u"][c] for r in rows if r["name"] == "MCCE"]))
+    print_steps(history([args.root], set(names), by[:round(len(by) / 4)]), names)
+    print("\nSeeds: " + "; ".join(f"{n}: {sorted(r['seed'] for r in rows if r['name'] == n)}" for n in names))
     if args.plot:
         plot_weights(args.root, args.plot)
         print(f"\nweights' trajectories: {args.plot}")
