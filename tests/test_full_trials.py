@@ -100,3 +100,35 @@ def test_nsga2_children_come_from_full_parents():
     assert space
     trial = study.ask()
     assert sampler.sample_relative(study, study._storage.get_trial(trial._trial_id), space)
+
+
+@pytest.mark.parametrize("sampler", ["gp", "nsga2"])
+def test_the_trial_configs_tune_builds_hold_only_what_the_loss_runs(sampler, tmp_path):
+    """Through Ray Tune's own ``OptunaSearch.suggest`` (which merges every value asked
+    through its wrapper into the trial's config): the flat space's extra values must not reach
+    the config. Before the fix, the shipped synthetic study's class-tilt configurations got a
+    sampled ``sampling.image_power`` and failed validation at the trial's start."""
+    from tce_ray.core.objectives import resolve_objectives
+    from tce_ray.study.optuna_store import make_searcher
+    from tce_ray.study.search_space import trial_run
+
+    search = {"sampler": sampler, "num_samples": 6, "seed": 0, "losses": ["tce_stochastic", "tce_class"],
+              "t": {"low": 0.1, "high": 2.0, "log": True}, "tilt_signal": ["batch", "class"],
+              "image_power": {"low": 0.0, "high": 2.0}, "class_crop": [False, True],
+              "configurations": [{"name": "mcce"}, {"name": "tce_class", "t": 1.0},
+                                 {"name": "tce_stochastic", "t": 0.5}]}
+    cfg = parse_config({"name": "flat", "storage": str(tmp_path / "res"), "loss": {"name": "mcce", "t": 1.0},
+                        "objectives": ["worst_iou", "iou_std"], "search": search})
+    searcher, _ = make_searcher(cfg, resolve_objectives(cfg.run.objectives))
+    searcher.set_search_properties(None, None, {})
+    for i in range(9):
+        config = searcher.suggest(f"t{i}")
+        name = config["loss"]["name"]
+        if name != "tce_stochastic":
+            assert "sampling" not in config, (i, config)
+            assert "tilt_signal" not in config["loss"], (i, config)
+        if i == 1:
+            assert config["loss"] == {"name": "tce_class", "t": 1.0}, config
+        trial_run(cfg.run, config)  # validates: raises on a setting the loss does not take
+        searcher.on_trial_complete(f"t{i}", {"worst_iou": 0.1 * i, "iou_std": 0.3 - 0.01 * i, "miou": 0.5, "step": 4})
+    assert all(len(t.params) >= 4 for t in searcher._ot_study.trials[3:])  # still asked: the model sees them

@@ -157,7 +157,12 @@ class SearchSpace:
 
     def _ask_the_rest(self, trial: optuna.Trial, explicit: dict[str, Any] | None) -> None:
         """Flat space: ask every searched parameter the trial has not asked (Optuna returns
-        the value already asked for one it has); the run ignores them."""
+        the value already asked for one it has); the run ignores them. They are asked on the
+        Optuna trial itself, not through Ray Tune's capturing wrapper (``ot_trial``): Tune's
+        ``OptunaSearch`` puts every value asked through the wrapper into the trial's config,
+        and a ``sampling.image_power`` meant to be ignored failed a class-tilt trial's
+        validation (and would have changed the trial's labels and groups)."""
+        trial = getattr(trial, "ot_trial", trial)  # Ray's _OptunaTrialSuggestCaptor holds the real trial
         losses = self.search.losses
         if losses is not None and len(losses) > 1 and "loss/name" not in trial.params:
             return  # an explicit configuration outside the space: the model leaves it out
