@@ -138,19 +138,27 @@ def test_mlflow_callback_names_runs_and_logs_by_step(monkeypatch) -> None:
     assert calls == [("start", "mcce (t1)", "me"), ("params", "r1"), ("metrics", "r1", 40, 0.3), ("end", "r1", "FINISHED")]
 
 
-def test_mlflow_to_a_local_file_store(tmp_path) -> None:
-    """The issue's check, where the mlflow package is installed (not on the project's machine)."""
+def test_the_yaml_turns_on_mlflow_logging_to_a_local_store(tmp_path) -> None:
+    """The issue's check, where the mlflow package is installed (``pip install 'tce-ray[mlflow]'``):
+    a study file's ``tracking.mlflow`` logs a trial's metrics against the step to a local store
+    (SQLite: MLflow 3 refuses a ``file:`` store unless ``MLFLOW_ALLOW_FILE_STORE=true``)."""
     mlflow = pytest.importorskip("mlflow")
+    import yaml
+
     from tce_ray.study.tracking import tracking_callbacks
 
-    spec = TrackingSpec.model_validate({"mlflow": {"tracking_uri": f"file:{tmp_path}/mlruns"}})
-    (cb,) = tracking_callbacks(spec, "smoke", False, ["mlflow"])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    text = yaml.safe_dump({**BASE, "tracking": {"mlflow": {"tracking_uri": uri}}})
+    cfg = parse_config(yaml.safe_load(text))
+    (cb,) = tracking_callbacks(cfg.tracking, "smoke", False, ["mlflow"])
     cb.setup()
     trial = _Hashable(SimpleNamespace(trial_id="t1", config={"loss": {"name": "mcce"}}, local_path=str(tmp_path)))
     cb.log_trial_start(trial)
     cb.log_trial_result(1, trial, {"step": 40, "training_iteration": 1, "worst_iou": 0.3})
+    cb.log_trial_result(2, trial, {"step": 80, "training_iteration": 2, "worst_iou": 0.4})
     cb.log_trial_end(trial)
-    client = mlflow.tracking.MlflowClient(f"file:{tmp_path}/mlruns")
+    client = mlflow.tracking.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     assert run.info.run_name == "mcce (t1)"
-    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "worst_iou")] == [(40, 0.3)]
+    got = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "worst_iou")]
+    assert sorted(got) == [(40, pytest.approx(0.3)), (80, pytest.approx(0.4))]
