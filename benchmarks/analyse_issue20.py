@@ -45,7 +45,7 @@ def load_new(root, steps=1200):
         a9.name_of = original
 
 
-def history(roots, names, bottom):
+def history(roots, names, bottom, steps=1200):
     """Per configuration and evaluation step: the seeds' (mIoU, sorted bottom 25 %, worst)."""
     out = {}
     for r in roots:
@@ -56,7 +56,7 @@ def history(roots, names, bottom):
             except (OSError, ValueError):
                 continue
             n = name_of(p)
-            if n not in names or not lines or lines[-1].get("step") != 1200:
+            if n not in names or not lines or lines[-1].get("step") != steps:
                 continue
             for m in lines:
                 u = {k[4:]: 100 * v for k, v in m.items() if k.startswith("iou/")}
@@ -68,7 +68,8 @@ def history(roots, names, bottom):
 
 def print_steps(hist, names):
     print("\nBest and final step (mean over seeds at each evaluation; best = the step with the highest mean):\n")
-    print("| configuration | mIoU @400 / 800 / 1200 | bottom 25% @400 / 800 / 1200 | worst @400 / 800 / 1200 | best step (bottom 25%) |")
+    at = " / ".join(str(s) for s in sorted({s for h in hist.values() for s in h}))
+    print(f"| configuration | mIoU @{at} | bottom 25% @{at} | worst @{at} | best step (bottom 25%) |")
     print("|---|---|---|---|---|")
     for n in names:
         h = hist.get(n)
@@ -113,7 +114,11 @@ def main(argv=None) -> int:
     p.add_argument("--baselines", default="benchmarks/results/issue9", help="issue 9's kept trials")
     p.add_argument("--plot", default=None, help="write the weights' trajectories (seed 0) to this PNG")
     p.add_argument("--alone", action="store_true", help="every row (baselines too) from --root, none from --baselines")
+    p.add_argument("--synthetic", default=None, help="folder of the class-tilt trials of the synthetic study "
+                   "(against issue 9's synthetic baselines)")
     args = p.parse_args(argv)
+    if args.synthetic:
+        return main_synthetic(args)
     if args.alone:
         return main_alone(args)
     b = args.baselines
@@ -154,6 +159,26 @@ def main_alone(args) -> int:
     if args.plot:
         plot_weights(args.root, args.plot)
         print(f"\nweights' trajectories: {args.plot}")
+    return 0
+
+
+SYN_BASELINES = ["MCCE", "sTCE t=1 batch (paper sampling)", "class-level TCE t=1", "class-balanced CE",
+                 "CE median-freq weights", "Dice + CE", "Lovász"]
+
+
+def main_synthetic(args) -> int:
+    """The synthetic study's class-tilt trials (1,000 steps) beside issue 9's synthetic baselines."""
+    roots = [f"{args.baselines}/{x}" for x in ("synthetic_r3", "synthetic_r3c", "synthetic_r3d")]
+    base = [r for r in a9.load(roots, 1000) if r["name"] in SYN_BASELINES]
+    new = load_new(args.synthetic, 1000)
+    new_names = sorted({r["name"] for r in new})
+    print("### Synthetic: the class tilt on the loss against issue 9's baselines\n")
+    rows = summarise_all(base + new, SYN_BASELINES + new_names)
+    a9.versus(rows, [(n, ref) for n in new_names for ref in ("class-balanced CE", "Lovász", "CE median-freq weights")])
+    by = sorted(rows[0]["u"], key=lambda c: np.mean([r["u"][c] for r in rows if r["name"] == "MCCE"]))
+    print_steps(history(roots + [args.synthetic], set(SYN_BASELINES + new_names), by[:round(len(by) / 4)], 1000),
+                SYN_BASELINES + new_names)
+    print("\nSeeds of the new rows: " + "; ".join(f"{n}: {sorted(r['seed'] for r in new if r['name'] == n)}" for n in new_names))
     return 0
 
 
