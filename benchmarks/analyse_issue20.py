@@ -24,10 +24,13 @@ from benchmarks import analyse_issue9 as a9
 BASELINES = ["MCCE", "Focal", "class-balanced CE", "CE median-freq weights", "class-level TCE t=1", "Dice + CE", "Lovász"]
 
 
+_A9_NAME_OF = a9.name_of  # load_new swaps a9.name_of for name_of: keep the original
+
+
 def name_of(p):
     loss = p["loss"]
     if not loss["name"].startswith("class_tilt"):
-        return a9.name_of(p)
+        return _A9_NAME_OF(p)
     base = "CT-CE" if loss["name"] == "class_tilt_ce" else "CT-Lovász"
     lab = f"{base} t={loss['t']:g} {loss.get('class_signal', 'ce')}"
     if loss.get("weight_floor"):
