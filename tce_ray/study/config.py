@@ -33,7 +33,7 @@ sections sit beside it::
     front_guard: {metric: miou, max_drop: 0.05, reference: 0}   # optional; see tce_ray.core.front_guard
     resources: {max_concurrent_trials: 1}
     optuna_storage: sqlite:///results/optuna.db   # optional
-    tracking: {mlflow: {tracking_uri: "file:./mlruns"}}   # optional: MLflow / W&B (tce_ray.study.tracking)
+    tracking: {mlflow: {tracking_uri: "sqlite:///mlflow.db"}}   # optional: MLflow / W&B (tce_ray.study.tracking)
     plugins: [mypackage.losses]       # optional: modules imported first (they register
                                       # losses, data sets, objectives; see tce_ray.core.registry)
 

@@ -185,10 +185,9 @@ def run_study(
     objs = resolve_objectives(list(objectives) if objectives is not None else cfg.run.objectives)
     if cfg.scheduler and cfg.scheduler.asha and cfg.scheduler.asha.metric not in _modes(objs):
         raise ConfigError(f"{cfg.scheduler.asha.metric!r} is not one of the objectives {list(_modes(objs))}", path="scheduler.asha.metric")
-    trackers = tracking_names(cfg)  # before Ray: a missing MLflow / W&B package is one line
-    if check:
-        preflight_study(cfg, file if file is not None else (config if isinstance(config, (str, os.PathLike)) else None),
-                   address, progress)
+    # before Ray: a missing MLflow / W&B package is one line (the preflight checks it first)
+    trackers = (preflight_study(cfg, file if file is not None else (config if isinstance(config, (str, os.PathLike)) else None),
+                                address, progress) if check else tracking_names(cfg))
     lock = _lock_study_folder(cfg, force_unlock)
     try:
         return _run_locked(cfg, objs, resume=resume, address=address, dashboard=dashboard, progress=progress,
@@ -208,13 +207,14 @@ def tracking_names(cfg: StudyConfig) -> list[str]:
         raise ConfigError(str(exc)) from None
 
 
-def preflight_study(cfg: StudyConfig, file: Any, address: str | None, progress: bool | str) -> None:
+def preflight_study(cfg: StudyConfig, file: Any, address: str | None, progress: bool | str) -> list[str]:
     """:func:`tce_ray.study.preflight.preflight` as a study runs it (no Ray; ``--dry-run`` too):
-    raises PreflightError, prints its warnings and (with ``progress``) its summary."""
+    raises PreflightError, prints its warnings and (with ``progress``) its summary. Returns the
+    trackers that will run (:func:`tracking_names`, checked first)."""
     from tce_ray.study.preflight import preflight, verify_cache_dir
     from tce_ray.train.run_state import storage_join
 
-    tracking_names(cfg)
+    trackers = tracking_names(cfg)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
     rep = preflight(cfg, file=os.fspath(file) if file is not None else None, address=address,
                     cache_dir=verify_cache_dir(storage_join(cfg.experiment_path(), RUNS_DIR)), progress=say)
@@ -222,6 +222,7 @@ def preflight_study(cfg: StudyConfig, file: Any, address: str | None, progress: 
         print(f"warning: {w}", file=sys.stderr)
     if progress:
         print(rep.summary())
+    return trackers
 
 
 def _lock_study_folder(cfg: StudyConfig, force: bool) -> Any:

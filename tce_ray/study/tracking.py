@@ -35,7 +35,7 @@ class MlflowSpec(_Spec):
     """``MLflowLoggerCallback``'s settings."""
 
     tracking_uri: str | None = None
-    """``file:./mlruns`` (a local file store), ``http://host:5000``; default: MLflow's own (``MLFLOW_TRACKING_URI``)."""
+    """``sqlite:///mlflow.db`` (a local store; MLflow 3 refuses ``file:`` stores unless ``MLFLOW_ALLOW_FILE_STORE=true``), ``http://host:5000``; default: MLflow's own (``MLFLOW_TRACKING_URI``)."""
     experiment_name: str | None = None
     """Default: the study's name."""
     tags: dict[str, str] = Field(default_factory=dict)
