@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "pixel_share": ("benchmarks.bench_pixel_share", "share of each class's pixels in the training crops per sampling setting"),
     "trial_startup": ("benchmarks.bench_trial_startup", "a smoke trial's phases: fixed per-trial cost against its steps"),
     "study_wall": ("benchmarks.bench_study_wall", "the smoke study's wall time, plain vs Ray's worker module preload, interleaved"),
+    "dry_run": ("benchmarks.bench_dry_run", "--dry-run's wall-time estimate vs the study's measured wall time (smoke, 1-seed CamVid): within 1.5x"),
     "search": ("benchmarks.bench_search", "samplers x seeds x 12/20/30 trials on a CamVid-shaped surrogate (seconds; GP minutes); --real: real trials (~1 h)"),
 }
 

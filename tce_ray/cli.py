@@ -67,7 +67,7 @@ def _epilog() -> str:
         "image_power, class_crop; the defaults are the paper's Algorithm 1), objectives,\n"
         "front_guard (no trial with mIoU more than max_drop below the reference's is on the\n"
         "front), then search, scheduler, resources, optuna_storage, plugins.\n\n"
-        "example: python -m tce_ray.study studies/synthetic_fairness.yaml  (the built-in data, ~20 min on 2 cores)"
+        "example: python -m tce_ray.study studies/synthetic_fairness.yaml  (the built-in data; add --dry-run for its wall time measured on this machine)"
     )
 
 
@@ -197,6 +197,12 @@ def add_observe_arguments(p: argparse.ArgumentParser) -> None:
                         "weights file, the folders, the resources), which the dry run otherwise runs as the study would")
     p.add_argument("--step-seconds", type=float, metavar="S",
                    help="with --dry-run: seconds per training step for the wall-time estimate")
+    p.add_argument("--no-measure", action="store_true",
+                   help="with --dry-run: do not time a few training steps of the study here (seconds, no Ray) "
+                        "for the wall-time estimate; use the table figure")
+    p.add_argument("--no-history", action="store_true",
+                   help="with --dry-run: ignore the trials of a previous run of the study in its storage folder "
+                        "(the estimate's first source)")
 
 
 def dry_run(cfg: Any, args: argparse.Namespace) -> int:
@@ -209,7 +215,7 @@ def dry_run(cfg: Any, args: argparse.Namespace) -> int:
         return 2
     if not args.no_preflight and not _dry_preflight(cfg, args):
         return EXIT_BAD_INPUT
-    print(format_plan(cfg, step_seconds=args.step_seconds))
+    print(format_plan(cfg, step_seconds=args.step_seconds, measure=not args.no_measure, history=not args.no_history))
     print("dry run: nothing was started")
     return 0
 

@@ -1,10 +1,9 @@
 """The trial plan of a validated study, for ``--dry-run``: what would run, on what, how long.
 
-No Ray, no torch: it reads the :class:`~tce_ray.study.config.StudyConfig` only. The wall-time
-figure is an estimate from the steps: ``rounds x (start-up + steps x seconds per step)``,
-with ``rounds = ceil(trials / trials at once)``; the seconds per step are given
-(``--step-seconds``) or taken from the measurements in :data:`MEASURED_STEP_SECONDS`
-(evaluation time is not counted).
+No Ray: the plan reads the :class:`~tce_ray.study.config.StudyConfig`; the wall-time
+figure is :func:`tce_ray.study.time_estimate.estimate_study`'s (the one source of time
+figures: ``--step-seconds``, a previous run's history, a few timed steps of this study on
+this machine, or a table), printed with what it measured.
 """
 
 from __future__ import annotations
@@ -15,18 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from tce_ray.study.config import StudyConfig
+from tce_ray.study.time_estimate import (  # re-exported: the names were plan's
+    MEASURED_STEP_SECONDS,
+    TRIAL_STARTUP_SECONDS,
+    TimeEstimate,
+    estimate_study,
+    format_duration,
+)
 
-__all__ = ["TrialPlan", "make_plan", "format_plan", "MEASURED_STEP_SECONDS", "TRIAL_STARTUP_SECONDS"]
+__all__ = ["TrialPlan", "make_plan", "format_plan", "plan_time", "MEASURED_STEP_SECONDS", "TRIAL_STARTUP_SECONDS"]
 
-MEASURED_STEP_SECONDS: dict[tuple[str, bool], float] = {
-    ("tiny", False): 0.054,  # benchmarks/RESULTS.md: bench_train_throughput, 2 CPU workers, 96x128, batch 4
-    ("resnet101", True): 0.074,  # one H100, 512x1024, batch 8, bf16 (bench_train_throughput --gpu)
-}
-"""Seconds per training step measured for (backbone, use_gpu); other pairs need ``--step-seconds``."""
-
-TRIAL_STARTUP_SECONDS = 30.0
-"""A trial's fixed cost (Ray Train worker group start to first step), measured on a quiet
-2-core machine (benchmarks/RESULTS.md, per-trial start-up)."""
 
 
 @dataclass
@@ -49,7 +46,8 @@ class TrialPlan:
         return len(self.explicit) + self.sampled
 
     def estimate_seconds(self, steps: int) -> float | None:
-        """``ceil(total / at_once) x (TRIAL_STARTUP_SECONDS + steps x step_seconds)``."""
+        """``ceil(total / at_once) x (TRIAL_STARTUP_SECONDS + steps x step_seconds)`` (the
+        table or ``--step-seconds`` figure; ``--dry-run`` prints :meth:`time_estimate`'s)."""
         if self.step_seconds is None:
             return None
         rounds = math.ceil(self.total / self.at_once)
@@ -142,16 +140,23 @@ def _trial_lines(explicit: list[tuple[str, int | None]]) -> list[str]:
             + [line(i) for i in range(n - PLAN_TAIL, n)])
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+def plan_time(cfg: StudyConfig, plan: TrialPlan, *, step_seconds: float | None = None, measure: bool = True,
+              history: bool = True, cpus: int | None = None) -> TimeEstimate:
+    """The wall-time estimate of ``plan`` (:func:`~tce_ray.study.time_estimate.estimate_study`);
+    a measurement that fails (data not there yet) falls back to the table, saying why."""
+    kw = dict(total_trials=plan.total, at_once=plan.at_once, step_seconds=step_seconds, cpus=cpus)
+    try:
+        return estimate_study(cfg, measure=measure, history=history, **kw)
+    except Exception as exc:  # noqa: BLE001 - the estimate must not fail the dry run
+        est = estimate_study(cfg, measure=False, history=False, **kw)
+        est.lines.insert(0, f"could not measure this study here ({type(exc).__name__}: {exc})")
+        return est
 
 
-def format_plan(cfg: StudyConfig, *, step_seconds: float | None = None, cpus: int | None = None) -> str:
-    """The plan as text (what ``--dry-run`` prints)."""
+def format_plan(cfg: StudyConfig, *, step_seconds: float | None = None, cpus: int | None = None,
+                measure: bool = True, history: bool = True) -> str:
+    """The plan as text (what ``--dry-run`` prints). ``measure``: time a few training steps of
+    the study here (seconds, no Ray); ``history``: use a previous run of it first."""
     plan = make_plan(cfg, step_seconds=step_seconds, cpus=cpus)
     t = cfg.run.train
     objectives = ", ".join(cfg.run.objectives)
@@ -178,13 +183,11 @@ def format_plan(cfg: StudyConfig, *, step_seconds: float | None = None, cpus: in
                  f"({cfg.evaluations_per_run()} evaluations)")
     lines.append(f"  at once: {plan.at_once} trial(s) ({plan.at_once_source})")
     total_steps = plan.total * t.steps
-    est = plan.estimate_seconds(t.steps)
-    if est is None:
-        lines.append(f"  wall time: {total_steps} training steps in all; seconds per step {plan.step_seconds_source}")
+    est = plan_time(cfg, plan, step_seconds=step_seconds, measure=measure, history=history, cpus=cpus)
+    if est.seconds is None:
+        lines.append(f"  wall time: {total_steps} training steps in all; unknown")
     else:
-        lines.append(
-            f"  wall time: ~{_duration(est)} = {math.ceil(plan.total / plan.at_once)} rounds x "
-            f"({TRIAL_STARTUP_SECONDS:.0f} s start-up + {t.steps} steps x {plan.step_seconds:g} s), evaluations "
-            f"not counted; seconds per step {plan.step_seconds_source}"
-        )
+        lines.append(f"  wall time: ~{format_duration(est.seconds)} = {est.rounds} round(s) x "
+                     f"{format_duration(est.trial_seconds or 0.0)} per trial + Ray start-up (source: {est.source})")
+    lines += [f"    {ln}" for ln in est.lines]
     return "\n".join(lines)
