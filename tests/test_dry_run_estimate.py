@@ -48,6 +48,17 @@ def test_history_median_of_finished_trials_scaled_by_hand(tmp_path: Path) -> Non
     assert sec8 == pytest.approx(TRIAL_STARTUP_SECONDS + 2 * (90.0 - TRIAL_STARTUP_SECONDS))
 
 
+def test_history_of_trials_shorter_than_the_start_up_constant(tmp_path: Path) -> None:
+    """A trial under the start-up constant is its own wall time at the same steps (CI: 27 s, not 30)."""
+    _trial(tmp_path, "a", [(4, 27.0)])
+    _trial(tmp_path, "b", [(4, 29.0)])
+    sec, n = history_trial_seconds(str(tmp_path), 4)
+    assert n == 2 and sec == pytest.approx(28.0)
+    # all of it counts as start-up, so more steps add nothing
+    sec8, _ = history_trial_seconds(str(tmp_path), 8)
+    assert sec8 == pytest.approx(28.0)
+
+
 def test_history_none_without_trials(tmp_path: Path) -> None:
     assert history_trial_seconds(str(tmp_path / "missing"), 4) is None
     assert history_trial_seconds(str(tmp_path), 4) is None

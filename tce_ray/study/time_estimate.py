@@ -89,7 +89,9 @@ def history_trial_seconds(exp_path: str, steps: int) -> tuple[float, int] | None
     if not lasts:
         return None
     full = max(st for st, _ in lasts)  # a finished trial reached the study's steps (the most any reached)
-    per_trial = [TRIAL_STARTUP_SECONDS + max(0.0, total - TRIAL_STARTUP_SECONDS) * steps / st
+    # The start-up part does not scale with the steps; a trial shorter than the start-up constant
+    # counts as all start-up (so at the same steps the estimate is the trial's own wall time).
+    per_trial = [min(TRIAL_STARTUP_SECONDS, total) + (total - min(TRIAL_STARTUP_SECONDS, total)) * steps / st
                  for st, total in lasts if st == full]
     if not per_trial:
         return None
