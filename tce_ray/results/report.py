@@ -88,6 +88,35 @@ def fmt_pm(mean: Any, std: Any, digits: int = 2) -> str:
     return f"{fmt(mean, digits)} ± {fmt(std, digits)}"
 
 
+PERCENT_OBJECTIVES = frozenset({"miou", "worst_iou", "iou_std", "bottom25_miou", "p25_iou", "iou_gap"})
+"""Objectives reported as IoU fractions: the report shows them in percent (a std or a gap in
+percentage points). A registered objective whose name has ``iou`` in it is taken as one too."""
+
+
+def in_percent(name: str) -> bool:
+    """Whether the report shows metric ``name`` (stored as a fraction) in percent."""
+    return name in PERCENT_OBJECTIVES or "iou" in name.lower()
+
+
+def metric_header(name: str) -> str:
+    """``worst_iou (%)``; a metric not in percent keeps its name."""
+    return f"{name} (%)" if in_percent(name) else name
+
+
+def fmt_metric(name: str, x: Any) -> str:
+    """A stored metric value as the report shows it: IoU metrics in percent (2 decimals), others 4."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return fmt(x)
+    return fmt(100.0 * v, 2) if in_percent(name) else fmt(v, 4)
+
+
+def fmt_metric_pm(name: str, mean: Any, std: Any) -> str:
+    """:func:`fmt_metric` of ``mean ± std``."""
+    return f"{fmt_metric(name, mean)} ± {fmt_metric(name, std)}"
+
+
 def class_columns(trials: pd.DataFrame) -> list[str]:
     """The ``iou/<class>`` columns in the order the trainer reported them."""
     return [c for c in trials.columns if c.startswith("iou/")]
@@ -258,14 +287,14 @@ def _trials_section(trials: pd.DataFrame, objectives: dict[str, str], total_step
     """Every trial: status (partial ones with their step), objectives, mIoU, Pareto rank
     and, with a front guard, why a completed trial is not ranked."""
     guarded = GUARD_COLUMN in trials and bool(trials[GUARD_COLUMN].fillna("").astype(bool).any())
-    header = ["#", "trial", "settings", "status"] + list(objectives) + ["mIoU", "Pareto rank"]
+    header = ["#", "trial", "settings", "status"] + [metric_header(n) for n in objectives] + ["mIoU (%)", "Pareto rank"]
     header += ["front guard"] if guarded else []
     rows = []
     for i, r in enumerate(trials.to_dict("records")):
         rows.append(
             [i, r["trial_id"], r.get("label", ""), partial_status(r, total_steps)]
-            + [fmt(r.get(n), 4) for n in objectives]
-            + [fmt(r.get("miou"), 4), r.get("pareto_rank", -1) if r.get("pareto_rank", -1) >= 0 else "–"]
+            + [fmt_metric(n, r.get(n)) for n in objectives]
+            + [fmt_metric("miou", r.get("miou")), r.get("pareto_rank", -1) if r.get("pareto_rank", -1) >= 0 else "–"]
             + ([r.get(GUARD_COLUMN) or ""] if guarded else [])
         )
     out = ["## Trials", ""]
@@ -283,13 +312,13 @@ def _pareto_section(front: pd.DataFrame, objectives: dict[str, str], tables: Stu
         if guard is not None:
             return out + ["No completed trial with finite objectives passes the front guard.", ""]
         return out + ["No completed trial with finite objectives.", ""]
-    rows = [[r["trial_id"], r.get("label", "")] + [fmt(r.get(n), 4) for n in objectives] for r in front.to_dict("records")]
+    rows = [[r["trial_id"], r.get("label", "")] + [fmt_metric(n, r.get(n)) for n in objectives] for r in front.to_dict("records")]
     what = ("Non-dominated completed trials among those the front guard lets through"
             if guard is not None else "Non-dominated completed trials")
     return out + [
         f"{what} (each objective in its own direction):",
         "",
-        _md_table(["trial", "settings"] + list(objectives), rows),
+        _md_table(["trial", "settings"] + [metric_header(n) for n in objectives], rows),
         "",
     ]
 
@@ -369,14 +398,14 @@ def _groups_section(g: pd.DataFrame, objectives: dict[str, str]) -> list[str]:
         "",
     ]
     guarded = GUARD_COLUMN in g and bool(g[GUARD_COLUMN].fillna("").astype(bool).any())
-    header = ["group", "n", "seeds"] + list(objectives) + ["mIoU", "group Pareto rank"] + (["front guard"] if guarded else [])
+    header = ["group", "n", "seeds"] + [metric_header(n) for n in objectives] + ["mIoU (%)", "group Pareto rank"] + (["front guard"] if guarded else [])
     rows = []
     for r in g.to_dict("records"):
         rank = r.get("pareto_rank", -1)
         rows.append(
             [r["label"], r["n"], ", ".join(str(x) for x in json.loads(r["seeds"]))]
-            + [fmt_pm(r.get(f"{n}/mean"), r.get(f"{n}/std"), 4) for n in objectives]
-            + [fmt_pm(r.get("miou/mean"), r.get("miou/std"), 4), rank if rank >= 0 else "–"]
+            + [fmt_metric_pm(n, r.get(f"{n}/mean"), r.get(f"{n}/std")) for n in objectives]
+            + [fmt_metric_pm("miou", r.get("miou/mean"), r.get("miou/std")), rank if rank >= 0 else "–"]
             + ([r.get(GUARD_COLUMN) or ""] if guarded else [])
         )
     return out + [_md_table(header, rows), ""]
@@ -483,22 +512,88 @@ def _save(plt: Any, fig: Any, path: Path, dpi: int = 120) -> bool:
     return True
 
 
-def _cmap(plt: Any, n: int) -> Any:
-    return plt.get_cmap("tab20" if n > 10 else "tab10")
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442",
+           "#8C564B", "#999999")
+"""Ten clearly different colours (Okabe-Ito's eight, brown, grey); after ten, the markers and
+line styles change too, so no two of the first ``len(PALETTE) x len(MARKERS)`` series look alike."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def series_style(j: int) -> dict[str, Any]:
+    """Colour, marker and line style of the ``j``-th series of a plot (the one style source)."""
+    k = j // len(PALETTE)
+    return {"color": PALETTE[j % len(PALETTE)], "marker": MARKERS[k % len(MARKERS)],
+            "linestyle": LINESTYLES[k % len(LINESTYLES)]}
+
+
+def _percent_axis(ax: Any, axis: str = "y") -> None:
+    """An IoU axis in percent starts at 0 (and ends by 100): no negative IoU."""
+    if axis == "y":
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(0.0, min(100.0, max(hi, 1.0)))
+    else:
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(0.0, min(100.0, max(hi, 1.0)))
+
+
+def _integer_steps(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _label_points(ax: Any, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str]) -> list[Any]:
+    """Label points without overprinting: each label tries 8 offsets around its point and
+    takes the first whose box overlaps no label placed before (else the least-overlapping)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    offsets = [(4, 4), (4, -10), (-4, 4), (-4, -10), (4, 14), (-4, 14), (4, -20), (-4, -20)]
+    placed: list[Any] = []
+    out = []
+    for x, y, text in zip(xs, ys, texts):
+        best, best_overlap = None, None
+        for dx, dy in offsets:
+            a = ax.annotate(text, (x, y), fontsize=6, xytext=(dx, dy), textcoords="offset points",
+                            ha="left" if dx > 0 else "right")
+            box = a.get_window_extent(renderer)
+            overlap = sum(_overlap(box, b) for b in placed)
+            if best is None or overlap < best_overlap:
+                if best is not None:
+                    best.remove()
+                best, best_overlap = a, overlap
+            else:
+                a.remove()
+            if overlap == 0:
+                break
+        placed.append(best.get_window_extent(renderer))
+        out.append(best)
+    return out
+
+
+def _overlap(a: Any, b: Any) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(0.0, w) * max(0.0, h)
 
 
 def _label_objective_axes(ax: Any, modes: dict[str, str], objectives: Sequence[str], suffix: str = "") -> None:
-    """Label a Pareto plot's axes with the first two objectives and their directions."""
+    """Label a Pareto plot's axes with the first two objectives, their directions and units;
+    an IoU axis in percent starts at 0."""
     x, y = objectives[0], objectives[1]
-    ax.set_xlabel(f"{x} ({'↑' if modes[x] == 'max' else '↓'}){suffix}")
-    ax.set_ylabel(f"{y} ({'↑' if modes[y] == 'max' else '↓'}){suffix}")
+    ax.set_xlabel(f"{metric_header(x)} ({'↑' if modes[x] == 'max' else '↓'}){suffix}")
+    ax.set_ylabel(f"{metric_header(y)} ({'↑' if modes[y] == 'max' else '↓'}){suffix}")
+    if in_percent(x):
+        _percent_axis(ax, "x")
+    if in_percent(y):
+        _percent_axis(ax, "y")
     if len(objectives) > 2:
         ax.set_title(f"first two of {len(objectives)} objectives", fontsize=8)
 
 
-def _class_axes(plt: Any, cols: list[str]) -> tuple[Any, Any]:
-    """A figure wide enough for one tick per class."""
-    return plt.subplots(figsize=(max(6, 0.45 * len(cols) + 2), 4.5))
+def _class_axes(plt: Any, cols: list[str], n_series: int = 1) -> tuple[Any, Any]:
+    """A figure wide enough for one group of ``n_series`` bars per class."""
+    return plt.subplots(figsize=(min(40.0, max(6, (0.3 + 0.12 * n_series) * len(cols) + 2)), 4.5))
 
 
 def _label_class_axes(ax: Any, cols: list[str], order: list[int], ylabel: str, title: str) -> None:
@@ -522,23 +617,46 @@ def plot_pareto(tables: StudyTables, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     if len(objectives) == 1:
         o = objectives[0]
-        ax.bar(range(len(done)), done[o])
+        ax.bar(range(len(done)), _shown(o, done[o]))
         ax.set_xticks(range(len(done)), done["label"], rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel(o)
+        ax.set_ylabel(metric_header(o))
+        if in_percent(o):
+            _percent_axis(ax)
     else:
         x, y = objectives[0], objectives[1]
-        ax.scatter(done[x], done[y], c="0.6", label="trials")
+        ax.scatter(_shown(x, done[x]), _shown(y, done[y]), c="0.6", label="trials")
         front = done[done["pareto_rank"] == 0].sort_values(x)
-        ax.plot(front[x], front[y], "o-", c="C3", label="Pareto front")
+        ax.plot(_shown(x, front[x]), _shown(y, front[y]), "o-", c=PALETTE[3], label="Pareto front")
         if GUARD_COLUMN in done:
             kept_off = done[done[GUARD_COLUMN].fillna("") != ""]
             if len(kept_off):
-                ax.scatter(kept_off[x], kept_off[y], marker="x", c="k", label="kept off by the front guard")
-        for r in done.to_dict("records"):
-            ax.annotate(r["label"], (r[x], r[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                ax.scatter(_shown(x, kept_off[x]), _shown(y, kept_off[y]), marker="x", c="k",
+                           label="kept off by the front guard")
         _label_objective_axes(ax, tables.objectives, objectives)
+        # the front's trials by name, placed so that no two labels overprint; the rest are grey dots
+        fig.canvas.draw()
+        _label_points(ax, list(_shown(x, front[x])), list(_shown(y, front[y])), list(front["label"]))
         ax.legend(fontsize=7)
     return _save(plt, fig, path)
+
+
+def _shown(name: str, values: Any) -> Any:
+    """Stored values of metric ``name`` as plotted: IoU metrics in percent."""
+    v = np.asarray(values, dtype=np.float64)
+    return 100.0 * v if in_percent(name) else v
+
+
+def _grouped_bars(ax: Any, n_classes: int, series: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
+    """One group of bars per class, one bar per series (with its error bar, if any)."""
+    x = np.arange(n_classes)
+    width = 0.8 / max(1, len(series))
+    for j, (label, vals, err) in enumerate(series):
+        st = series_style(j)
+        ax.bar(x - 0.4 + width * (j + 0.5), vals, width, yerr=err, capsize=2 if err is not None else 0,
+               color=st["color"], hatch=(None, "//", "..", "xx")[(j // len(PALETTE)) % 4],
+               edgecolor="white" if j < len(PALETTE) else "k", linewidth=0.3, label=label,
+               error_kw={"lw": 0.7})
+    _percent_axis(ax)
 
 
 def plot_per_class(tables: StudyTables, path: Path) -> bool:
@@ -550,12 +668,9 @@ def plot_per_class(tables: StudyTables, path: Path) -> bool:
     ref, _ = reference_iou(tables.trials)
     order = _sorted_order(ref, len(cols))
     plt = _plt()
-    fig, ax = _class_axes(plt, cols)
-    x = np.arange(len(cols))
-    cmap = _cmap(plt, len(t))
-    for j, r in enumerate(t.to_dict("records")):
-        ax.plot(x, [100.0 * r[cols[i]] for i in order], "o-", ms=3, color=cmap(j % cmap.N),
-                label=r.get("label", r["trial_id"]))
+    fig, ax = _class_axes(plt, cols, len(t))
+    _grouped_bars(ax, len(cols), [(r.get("label", r["trial_id"]), np.array([100.0 * r[cols[i]] for i in order]), None)
+                                  for r in t.to_dict("records")])
     title = "per-class IoU" + (" (sorted by the MCCE reference)" if ref is not None else "")
     _label_class_axes(ax, cols, order, "IoU (%)", title)
     return _save(plt, fig, path)
@@ -581,19 +696,22 @@ def plot_pareto_groups(tables: StudyTables, groups: pd.DataFrame, path: Path) ->
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
     if len(objectives) == 1:
         o = objectives[0]
-        ax.bar(range(len(g)), g[f"{o}/mean"], yerr=np.nan_to_num(g[f"{o}/std"].to_numpy(dtype=np.float64)), capsize=3)
+        ax.bar(range(len(g)), _shown(o, g[f"{o}/mean"]), yerr=np.nan_to_num(_shown(o, g[f"{o}/std"])), capsize=3)
         ax.set_xticks(range(len(g)), [f"{lab} (n={n})" for lab, n in zip(g["label"], g["n"])],
                       rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel(f"{o} (mean ± std over seeds)")
+        ax.set_ylabel(f"{metric_header(o)} (mean ± std over seeds)")
+        if in_percent(o):
+            _percent_axis(ax)
     else:
         x, y = objectives[0], objectives[1]
-        cmap = _cmap(plt, len(g))
         for j, r in enumerate(g.to_dict("records")):
-            ax.errorbar(r[f"{x}/mean"], r[f"{y}/mean"],
-                        xerr=np.nan_to_num(r[f"{x}/std"]), yerr=np.nan_to_num(r[f"{y}/std"]),
-                        fmt="o", ms=4, capsize=3, color=cmap(j % cmap.N), label=f"{r['label']} (n={r['n']})")
+            st = series_style(j)
+            ax.errorbar(_shown(x, r[f"{x}/mean"]), _shown(y, r[f"{y}/mean"]),
+                        xerr=np.nan_to_num(_shown(x, r[f"{x}/std"])), yerr=np.nan_to_num(_shown(y, r[f"{y}/std"])),
+                        fmt=st["marker"], ms=4, capsize=3, color=st["color"], label=f"{r['label']} (n={r['n']})")
         front = g[g["pareto_rank"] == 0].sort_values(f"{x}/mean")
-        ax.plot(front[f"{x}/mean"], front[f"{y}/mean"], "-", c="C3", lw=1, alpha=0.6, label="front of the means")
+        ax.plot(_shown(x, front[f"{x}/mean"]), _shown(y, front[f"{y}/mean"]), "-", c="0.3", lw=1, alpha=0.6,
+                label="front of the means")
         _label_objective_axes(ax, tables.objectives, objectives, ", mean ± std over seeds")
         ax.legend(fontsize=6)
     return _save(plt, fig, path)
@@ -608,14 +726,13 @@ def plot_per_class_groups(tables: StudyTables, groups: pd.DataFrame, path: Path)
     g = groups[groups["n"] > 0]
     order = _sorted_order(reference_iou(tables.trials)[0], len(cols))
     plt = _plt()
-    fig, ax = _class_axes(plt, cols)
-    x = np.arange(len(cols))
-    cmap = _cmap(plt, len(g))
-    for j, r in enumerate(g.to_dict("records")):
+    fig, ax = _class_axes(plt, cols, len(g))
+    series = []
+    for r in g.to_dict("records"):
         m = np.array([r[f"{cols[i]}/mean"] for i in order], dtype=np.float64) * 100.0
         e = np.nan_to_num(np.array([r[f"{cols[i]}/std"] for i in order], dtype=np.float64) * 100.0)
-        ax.errorbar(x + 0.06 * (j - len(g) / 2), m, yerr=e, fmt="o-", ms=3, lw=1, capsize=2,
-                    color=cmap(j % cmap.N), label=f"{r['label']} (n={r['n']})")
+        series.append((f"{r['label']} (n={r['n']})", m, e))
+    _grouped_bars(ax, len(cols), series)
     title = "per-class IoU of the groups (sorted by the MCCE reference)"
     _label_class_axes(ax, cols, order, "IoU (%), mean ± std over seeds", title)
     return _save(plt, fig, path)
@@ -633,14 +750,14 @@ def plot_weights(tables: StudyTables, path: Path) -> bool:
     labels = dict(zip(tables.trials["trial_id"], tables.trials["label"])) if len(tables.trials) else {}
     plt = _plt()
     fig, axes = plt.subplots(len(ids), 1, figsize=(7, 2.8 * len(ids)), squeeze=False)
-    cmap = _cmap(plt, len(wcols))
     for ax, tid in zip(axes[:, 0], ids):
         g = h[h["trial_id"] == tid].sort_values("step")
         for j, c in enumerate(wcols):
             if g[c].notna().any():
-                ax.plot(g["step"], g[c], label=c[len("weights/"):], color=cmap(j % cmap.N), marker="o", ms=2)
+                ax.plot(g["step"], g[c], label=c[len("weights/"):], ms=2, **series_style(j))
         ax.set_title(labels.get(tid, tid), fontsize=8)
         ax.set_xlabel("step")
+        _integer_steps(ax)
         ax.set_ylabel("sampling weight")
         ax.legend(fontsize=5, ncol=2)
     return _save(plt, fig, path, dpi=110)
@@ -656,15 +773,18 @@ def plot_curves(tables: StudyTables, path: Path) -> bool:
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     ids = list(dict.fromkeys(h["trial_id"]))
-    cmap = _cmap(plt, len(ids))
     for ax, col in zip(axes[0], panels):
         for j, tid in enumerate(ids):
             g = h[h["trial_id"] == tid].sort_values("step")
             g = g[g[col].notna()]
             if len(g):
-                ax.plot(g["step"], g[col], marker="o", ms=2, color=cmap(j % cmap.N), label=labels.get(tid, tid))
+                ys = g[col] if col == "train_loss" else _shown("miou", g[col])
+                ax.plot(g["step"], ys, ms=2, label=labels.get(tid, tid), **series_style(j))
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss" if col == "train_loss" else "mIoU (fraction)")
+        _integer_steps(ax)
+        ax.set_ylabel("training loss" if col == "train_loss" else "mIoU (%)")
+        if col == "miou":
+            _percent_axis(ax)
         ax.set_title(f"{'training loss' if col == 'train_loss' else 'mIoU'} per trial", fontsize=9)
     axes[0][-1].legend(fontsize=5)
     return _save(plt, fig, path, dpi=110)
