@@ -527,14 +527,15 @@ def series_style(j: int) -> dict[str, Any]:
             "linestyle": LINESTYLES[k % len(LINESTYLES)]}
 
 
-def _percent_axis(ax: Any, axis: str = "y") -> None:
-    """An IoU axis in percent starts at 0 (and ends by 100): no negative IoU."""
-    if axis == "y":
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(0.0, min(100.0, max(hi, 1.0)))
-    else:
-        lo, hi = ax.get_xlim()
-        ax.set_xlim(0.0, min(100.0, max(hi, 1.0)))
+def _percent_axis(ax: Any, axis: str = "y", from_zero: bool = True) -> None:
+    """An IoU axis in percent stays within 0..100 (no negative IoU, e.g. from an error bar):
+    bars start at 0; a scatter or a curve (``from_zero=False``) keeps its own lower limit
+    where that is above 0."""
+    get, put = (ax.get_ylim, ax.set_ylim) if axis == "y" else (ax.get_xlim, ax.set_xlim)
+    lo, hi = get()
+    lo = 0.0 if from_zero else max(0.0, lo)
+    hi = min(100.0, max(hi, lo + 1.0))
+    put(lo, hi)
 
 
 def _integer_steps(ax: Any) -> None:
@@ -544,29 +545,45 @@ def _integer_steps(ax: Any) -> None:
 
 
 def _label_points(ax: Any, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str]) -> list[Any]:
-    """Label points without overprinting: each label tries 8 offsets around its point and
-    takes the first whose box overlaps no label placed before (else the least-overlapping)."""
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
-    offsets = [(4, 4), (4, -10), (-4, 4), (-4, -10), (4, 14), (-4, 14), (4, -20), (-4, -20)]
-    placed: list[Any] = []
+    """Label points without overprinting: each label tries offsets around its point, nearest
+    first, and takes the first whose text box overlaps no point, no label placed before and
+    nothing outside the axes (else the least-overlapping one). A label set off further than
+    the first ring is joined to its point by a thin grey line. Call ``fig.canvas.draw()``
+    (and set the limits) first: the boxes are measured in pixels."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    rings = [4, -10] + [v for k in range(14, 100, 10) for v in (k, -k - 6)]
+    offsets = [(dx, dy) for dy in rings for dx in (6, -6)] + [(dx, dy) for dy in rings for dx in (40, -40)]
+    # the points themselves are obstacles too (a label must not hide another point)
+    pts = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)])) if len(xs) else []
+    placed: list[Any] = [Bbox.from_extents(px - 5, py - 5, px + 5, py + 5) for px, py in pts]
+    frame = ax.get_window_extent(renderer)
     out = []
     for x, y, text in zip(xs, ys, texts):
-        best, best_overlap = None, None
+        best, best_box, best_overlap = None, None, None
         for dx, dy in offsets:
+            far = abs(dy) > 14 or abs(dx) > 6
             a = ax.annotate(text, (x, y), fontsize=6, xytext=(dx, dy), textcoords="offset points",
-                            ha="left" if dx > 0 else "right")
-            box = a.get_window_extent(renderer)
-            overlap = sum(_overlap(box, b) for b in placed)
+                            ha="left" if dx > 0 else "right", va="bottom",
+                            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5", "shrinkA": 0, "shrinkB": 3}
+                            if far else None)
+            a.set_in_layout(False)  # placed in the final axes box: tight_layout must not move it
+            a.update_positions(renderer)
+            box = Text.get_window_extent(a, renderer)  # the text alone, not its line
+            # overlap with what is placed, plus (ten times worse) the part outside the axes
+            outside = box.width * box.height - _overlap(box, frame)
+            overlap = sum(_overlap(box, b) for b in placed) + 10.0 * outside
             if best is None or overlap < best_overlap:
                 if best is not None:
                     best.remove()
-                best, best_overlap = a, overlap
+                best, best_box, best_overlap = a, box, overlap
             else:
                 a.remove()
             if overlap == 0:
                 break
-        placed.append(best.get_window_extent(renderer))
+        placed.append(best_box)
         out.append(best)
     return out
 
@@ -584,9 +601,9 @@ def _label_objective_axes(ax: Any, modes: dict[str, str], objectives: Sequence[s
     ax.set_xlabel(f"{metric_header(x)} ({'↑' if modes[x] == 'max' else '↓'}){suffix}")
     ax.set_ylabel(f"{metric_header(y)} ({'↑' if modes[y] == 'max' else '↓'}){suffix}")
     if in_percent(x):
-        _percent_axis(ax, "x")
+        _percent_axis(ax, "x", from_zero=False)
     if in_percent(y):
-        _percent_axis(ax, "y")
+        _percent_axis(ax, "y", from_zero=False)
     if len(objectives) > 2:
         ax.set_title(f"first two of {len(objectives)} objectives", fontsize=8)
 
@@ -634,9 +651,10 @@ def plot_pareto(tables: StudyTables, path: Path) -> bool:
                            label="kept off by the front guard")
         _label_objective_axes(ax, tables.objectives, objectives)
         # the front's trials by name, placed so that no two labels overprint; the rest are grey dots
+        ax.legend(fontsize=7)
+        fig.tight_layout()  # the final axes box first (_save's tight_layout then changes nothing)
         fig.canvas.draw()
         _label_points(ax, list(_shown(x, front[x])), list(_shown(y, front[y])), list(front["label"]))
-        ax.legend(fontsize=7)
     return _save(plt, fig, path)
 
 
@@ -749,7 +767,7 @@ def plot_weights(tables: StudyTables, path: Path) -> bool:
         return False
     labels = dict(zip(tables.trials["trial_id"], tables.trials["label"])) if len(tables.trials) else {}
     plt = _plt()
-    fig, axes = plt.subplots(len(ids), 1, figsize=(7, 2.8 * len(ids)), squeeze=False)
+    fig, axes = plt.subplots(len(ids), 1, figsize=(8.5, 2.8 * len(ids)), squeeze=False)
     for ax, tid in zip(axes[:, 0], ids):
         g = h[h["trial_id"] == tid].sort_values("step")
         for j, c in enumerate(wcols):
@@ -759,7 +777,8 @@ def plot_weights(tables: StudyTables, path: Path) -> bool:
         ax.set_xlabel("step")
         _integer_steps(ax)
         ax.set_ylabel("sampling weight")
-        ax.legend(fontsize=5, ncol=2)
+        ax.legend(fontsize=5, ncol=1 if len(wcols) <= 12 else 2, loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # beside the lines, not over them
     return _save(plt, fig, path, dpi=110)
 
 
@@ -784,9 +803,11 @@ def plot_curves(tables: StudyTables, path: Path) -> bool:
         _integer_steps(ax)
         ax.set_ylabel("training loss" if col == "train_loss" else "mIoU (%)")
         if col == "miou":
-            _percent_axis(ax)
+            _percent_axis(ax, from_zero=False)
         ax.set_title(f"{'training loss' if col == 'train_loss' else 'mIoU'} per trial", fontsize=9)
-    axes[0][-1].legend(fontsize=5)
+    # beside the plots, not over the lines (a study has tens of trials)
+    axes[0][-1].legend(fontsize=5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                       ncol=1 if len(ids) <= 20 else 2)
     return _save(plt, fig, path, dpi=110)
 
 
