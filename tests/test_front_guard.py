@@ -86,7 +86,7 @@ def test_one_class_model_dominates_without_the_guard_and_never_reaches_the_front
     assert (g_one["pareto_rank"] == -1).all()
     ref = np.mean([r.metrics["miou"] for r in study_records() if r.trial_id.startswith("mcce")])
     for _, r in g_one.iterrows():
-        assert r[GUARD_COLUMN] == f"violates front guard (mIoU {r['miou']:.4f} < bound {ref - 0.05:.4f})"
+        assert r[GUARD_COLUMN] == f"violates front guard (mIoU {100 * r['miou']:.2f} % < bound {100 * (ref - 0.05):.2f} %)"
     # the honest trials are ranked among themselves
     assert (guarded.loc[~guarded["trial_id"].str.startswith("one"), "pareto_rank"] >= 0).all()
 
@@ -102,7 +102,7 @@ def test_bound_is_the_reference_mean_over_its_completed_seeds_minus_max_drop():
     })
     r = rank_trials(t, OBJ, GUARD)  # bound = 0.55 - 0.05 = 0.50
     assert r["pareto_rank"].tolist()[3:5] == [0, -1]  # 0.5001 passes, 0.4999 does not
-    assert r.loc[4, GUARD_COLUMN] == "violates front guard (mIoU 0.4999 < bound 0.5000)"
+    assert r.loc[4, GUARD_COLUMN] == "violates front guard (mIoU 49.99 % < bound 50.00 %)"
     assert r.loc[5, GUARD_COLUMN] == "" and r.loc[5, "pareto_rank"] == -1  # not completed: not ranked, no note
     assert guard_bound([0.5, 0.6, 0.55, float("nan")], 0.05) == (pytest.approx(0.5), 3)
     assert math.isnan(guard_bound([], 0.05)[0])

@@ -428,9 +428,9 @@ def test_report_marks_trials_the_front_guard_keeps_off(tmp_path):
     build_report(d)
     text = (d / "report.md").read_text()
     bound = np.mean(np.array(MCCE_SEEDS).mean(axis=1)) - 0.05
-    assert f"(bound {bound:.4f}, from 3 completed reference trials)" in text
+    assert f"(bound {100 * bound:.2f} %, from 3 completed reference trials)" in text
     row = next(ln for ln in text.splitlines() if "| one |" in ln)
-    assert row.endswith(f"| – | violates front guard (mIoU 0.0010 < bound {bound:.4f}) |")
+    assert row.endswith(f"| – | violates front guard (mIoU 0.10 % < bound {100 * bound:.2f} %) |")
     front = text[text.index("## Pareto front"):]
     front = front[:front.index("\n## ", 3)]
     assert "| one |" not in front and "front guard lets through" in front

@@ -50,7 +50,7 @@ def _study(tmp_path, classes=CLASSES) -> tuple[StudyData, dict[str, dict]]:
         rows.append({"trial_id": tid, "label": f"label {tid}", "status": "failed" if tid == "t4" else "completed",
                      "checkpoint": "" if tid == "t4" else str(ckpt), "worst_iou": worst[tid], "iou_std": std[tid],
                      "miou": float(np.nanmean(ious[tid])),
-                     "front_guard": "violates front guard (mIoU 0.1 < bound 0.2)" if tid == "t5" else "",
+                     "front_guard": "violates front guard (mIoU 10.00 % < bound 20.00 %)" if tid == "t5" else "",
                      **{f"iou/{c}": v for c, v in zip(CLASSES, ious[tid])}})
     trials = pd.DataFrame(rows)
     study = StudyData("hand", str(tmp_path), trials, trials.iloc[0:0], pd.DataFrame(), "", {},

@@ -98,13 +98,14 @@ class FrontGuard:
         return cls(reference=int(meta["reference"]), max_drop=float(meta["max_drop"]), metric=str(meta.get("metric", "miou")))
 
     def describe(self, bound: float, n_reference: int) -> str:
-        """One sentence for the report."""
+        """One sentence for the report (IoU in percent, as every figure there)."""
         head = (f"Front guard: a trial is ranked on the Pareto front only if its {self.metric_label} is at least the "
-                f"mean {self.metric_label} of explicit configuration #{self.reference} minus {self.max_drop:g}")
+                f"mean {self.metric_label} of explicit configuration #{self.reference} minus "
+                f"{100.0 * self.max_drop:g} points (max_drop {self.max_drop:g})")
         if n_reference == 0 or not math.isfinite(bound):
             return head + (f"; configuration #{self.reference} has no completed trial yet, so no trial can be "
                            "checked and none is ranked (resume the study to rank them).")
-        return head + f" (bound {bound:.4f}, from {n_reference} completed reference trial{'s' if n_reference != 1 else ''})."
+        return head + f" (bound {100.0 * bound:.2f} %, from {n_reference} completed reference trial{'s' if n_reference != 1 else ''})."
 
 
 def _finite(v: Any) -> bool:

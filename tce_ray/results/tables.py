@@ -158,7 +158,7 @@ def trials_guard_bound(trials: pd.DataFrame, guard: FrontGuard) -> tuple[float, 
 def guard_notes(values: Sequence[float] | np.ndarray, eligible: Sequence[bool] | np.ndarray, guard: FrontGuard,
                 bound: float) -> list[str]:
     """Why each eligible row (a completed trial, a group with a completed trial) is kept off
-    the front: ``violates front guard (mIoU 0.0412 < bound 0.4130)``, or that the
+    the front: ``violates front guard (mIoU 4.12 % < bound 41.30 %)`` (percent, as the report), or that the
     reference has not finished; "" for rows the guard lets through and ineligible rows."""
     out = []
     for v, ok in zip(np.asarray(values, dtype=np.float64), eligible):
@@ -169,7 +169,7 @@ def guard_notes(values: Sequence[float] | np.ndarray, eligible: Sequence[bool] |
         elif not math.isfinite(v):
             out.append(f"front guard: no {guard.metric_label}")
         elif v < bound:
-            out.append(f"violates front guard ({guard.metric_label} {v:.4f} < bound {bound:.4f})")
+            out.append(f"violates front guard ({guard.metric_label} {100.0 * v:.2f} % < bound {100.0 * bound:.2f} %)")
         else:
             out.append("")
     return out
