@@ -78,6 +78,26 @@ def test_full_progress_lines(clock: Clock, capsys: pytest.CaptureFixture[str]) -
                              "best so far: worst_iou=0.2000 (a), iou_std=0.1000 (c)")
 
 
+def test_study_eta_counts_the_running_trials_share(clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two trials at once: a ends at 100 s while b is at step 90/100. Work done 1 + 0.9 trials
+    in 100 s; left 4 - 1 - 0.9 = 2.1 trials: ETA 100 / 1.9 x 2.1 = 110.5 s (finished trials
+    alone gave 300 s)."""
+    cb = progress_callback(["worst_iou"], 4, modes={"worst_iou": "max"}, steps=100)
+    a, b = FakeTrial("a", status="RUNNING"), FakeTrial("b", status="RUNNING")
+    trials = [a, b, FakeTrial("c"), FakeTrial("d")]
+    cb.setup()
+    cb.on_trial_start(0, trials, a)
+    cb.on_trial_start(0, trials, b)
+    clock.now += 90
+    cb.on_trial_result(0, trials, b, {"step": 90, "worst_iou": 0.1})
+    clock.now += 10
+    a.status, a.last_result = "TERMINATED", {"step": 100, "worst_iou": 0.2}
+    cb.on_trial_complete(0, trials, a)
+    study = [ln for ln in capsys.readouterr().out.splitlines() if "] study    " in ln]
+    assert f"1/4 trials done (0 failed, 1 running), elapsed 1m40s, ETA {_duration(100 / 1.9 * 2.1)};" in study[0]
+    assert _duration(100 / 1.9 * 2.1) == "1m51s"  # 110.5 s
+
+
 def test_terse_lines_are_todays(clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
     cb = progress_callback(["worst_iou", "iou_std"], 4, modes={"worst_iou": "max", "iou_std": "min"}, steps=100,
                            terse=True)

@@ -181,7 +181,12 @@ class ProgressLines:
         failed = sum(t.status == "ERROR" for t in trials if t is not trial) + (not ok)
         running = sum(t.status == "RUNNING" for t in trials if t is not trial)
         elapsed = time.time() - self.t0
-        eta = elapsed / self.finished_here * max(0, self.total - done)
+        # the work done here: finished trials plus the running ones' share of their steps (with
+        # trials at once, counting finished trials alone over-counted: 2 at once, the first
+        # done while the second is at 90 %, gave 3 trials' time for 1.1)
+        part = sum(min(1.0, self.seen.get(t.trial_id, (0.0, 0))[1] / self.steps)
+                   for t in trials if t is not trial and t.status == "RUNNING") if self.steps else 0.0
+        eta = elapsed / (self.finished_here + part) * max(0.0, self.total - done - part)
         best = ", ".join(f"{k}={v:.4f} ({tid})" for k, (v, tid) in self.best.items()) or "none yet"
         self.say(f"study    {done}/{self.total} trials done ({failed} failed, {running} running), "
                  f"elapsed {_duration(elapsed)}, ETA {_duration(eta)}; best so far: {best}")
