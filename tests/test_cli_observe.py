@@ -161,7 +161,7 @@ def test_dry_run_cityscapes_is_fast_and_starts_no_ray(tmp_path: Path) -> None:
     assert wall < 20  # interpreter start included, on a loaded 2-core machine
     assert "study cityscapes_fairness: 12 trials" in out.stdout
     assert "4 configurations x train.seed 0 = 4 trials" in out.stdout
-    assert "8 trials by nsga2" in out.stdout and "4 Ray Train workers x 4 CPU = 16 CPUs + 4 GPUs" in out.stdout
+    assert "8 trials by tpe_scaled" in out.stdout and "4 Ray Train workers x 4 CPU = 16 CPUs + 4 GPUs" in out.stdout
     assert "5 steps" in out.stdout and "nothing was started" in out.stdout
 
 
