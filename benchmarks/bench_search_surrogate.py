@@ -35,10 +35,10 @@ a summary ``search_<objective>_summary_<samplers>_<budgets>_s<seeds>.json`` (obj
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
